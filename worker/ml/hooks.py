@@ -1,0 +1,51 @@
+"""The narrow interface between ML code and the job lifecycle.
+
+`worker/ml/` reports through a `JobHooks` object and never touches the database; the lifecycle
+in `worker/lifecycle.py` implements it with fenced writes. Tests pass `NullHooks`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+
+class JobHooks(Protocol):
+    def progress(
+        self, *, fraction: float, stage: str, done: int | None = None, total: int | None = None
+    ) -> None:
+        """Record progress: fraction in [0, 1], a stage name, units done of total."""
+
+    def metric(self, step: int, values: dict[str, float]) -> None:
+        """Record a metric point (training loss, learning rate, eval metrics)."""
+
+    def log(self, message: str) -> None:
+        """Record a human-readable event line."""
+
+    def check(self) -> None:
+        """Raise `worker.errors.JobInterrupted` if the job must stop (cancel, lost lease)."""
+
+    def checkpoint_saved(self, path: Path, step: int) -> None:
+        """Note that a complete checkpoint was written."""
+
+
+class NullHooks:
+    """Hooks that record everything in memory; for tests and scripts."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def progress(self, *, fraction, stage, done=None, total=None) -> None:
+        self.events.append(("progress", (fraction, stage, done, total)))
+
+    def metric(self, step, values) -> None:
+        self.events.append(("metric", (step, dict(values))))
+
+    def log(self, message) -> None:
+        self.events.append(("log", message))
+
+    def check(self) -> None:
+        return None
+
+    def checkpoint_saved(self, path, step) -> None:
+        self.events.append(("checkpoint", (str(path), step)))

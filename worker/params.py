@@ -1,0 +1,100 @@
+"""Typed, validated parameters for each job kind.
+
+Validated once at submit time by the API, stored as JSON on the job row and re-read by the
+worker with the same models, so both sides agree on defaults and ranges.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=500,
+        description="A registered model name (optionally `name:version`), a local directory "
+        "or a hub id of a model with a standard architecture.",
+    ),
+]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class FinetuneParams(_Params):
+    """Hyperparameters of a fine-tune; defaults suit a small BERT-style encoder."""
+
+    base_model: ModelRef
+    train_dataset_id: int = Field(description="Dataset with text and label columns.")
+    validation_dataset_id: int | None = Field(
+        default=None, description="Labelled dataset used for evaluation; else a split of train."
+    )
+    validation_fraction: float = Field(
+        default=0.1, gt=0.0, lt=0.5, description="Share of train held out when no validation dataset."
+    )
+    model_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Registry name of the trained model; a new version is added on each run.",
+    )
+    epochs: float = Field(default=3.0, gt=0, le=100, description="Training epochs.")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Overrides epochs.")
+    learning_rate: float = Field(default=5e-5, gt=0, le=1.0)
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Per-device train batch size.")
+    eval_batch_size: int = Field(default=64, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    max_length: int = Field(default=128, ge=8, le=8192, description="Tokens per example.")
+    warmup_ratio: float = Field(default=0.0, ge=0.0, le=0.5)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    logging_steps: int = Field(default=10, ge=1, le=100_000, description="Loss/LR event cadence.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Evaluate every N steps (else at the end)."
+    )
+    save_steps: int = Field(default=200, ge=1, le=1_000_000, description="Checkpoint every N steps.")
+    save_minutes: float = Field(
+        default=10.0, gt=0, le=24 * 60, description="Checkpoint at least this often (compute minutes)."
+    )
+    freeze_base: bool = Field(default=False, description="Train only the classification head.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto", description="auto: bf16/fp16 on a GPU that supports it, fp32 on CPU."
+    )
+
+
+class EvaluateParams(_Params):
+    """Evaluate a model on a labelled dataset."""
+
+    model: ModelRef
+    dataset_id: int
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    max_length: int = Field(default=128, ge=8, le=8192)
+
+
+class BatchInferenceParams(_Params):
+    """Classify every row of a dataset into a JSONL output file."""
+
+    model: ModelRef
+    dataset_id: int
+    text_column: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Defaults to the dataset's text column."
+    )
+    max_length: int = Field(default=256, ge=8, le=8192)
+    batch_tokens: int = Field(
+        default=16_384, ge=256, le=1_048_576, description="Token budget of one length-sorted batch."
+    )
+    max_batch_size: int = Field(default=128, ge=1, le=4096)
+    chunk_rows: int = Field(default=2048, ge=16, le=1_000_000, description="Rows committed together.")
+
+
+PARAMS_BY_KIND: dict[str, type[_Params]] = {
+    "finetune": FinetuneParams,
+    "evaluate": EvaluateParams,
+    "batch_inference": BatchInferenceParams,
+}
+
