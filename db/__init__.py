@@ -1,0 +1,1 @@
+"""Nightshift's data layer: models, migrations and services; imports neither api nor worker."""

@@ -1,0 +1,66 @@
+"""Job kinds, NLP tasks and the job status machine."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobKind(StrEnum):
+    FINETUNE = "finetune"
+    EVALUATE = "evaluate"
+    BATCH_INFERENCE = "batch_inference"
+
+
+class TaskType(StrEnum):
+    """NLP task of a job or model; each value maps to a module in `worker/ml/tasks/`."""
+
+    TEXT_CLASSIFICATION = "text-classification"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# running -> queued is a hand-back: lease expired, worker shut down, or a transient error.
+# running -> running is a re-claim of an expired lease by a new attempt.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.RUNNING,
+            JobStatus.QUEUED,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A status change the transition table does not allow."""
+
+
+def check_transition(current: JobStatus | str, new: JobStatus | str) -> None:
+    """Raise `IllegalTransition` unless `current -> new` is in the table."""
+    current, new = JobStatus(current), JobStatus(new)
+    if new not in TRANSITIONS[current]:
+        raise IllegalTransition(f"job cannot go from {current} to {new}")
+
+
+def sources_of(new: JobStatus) -> list[str]:
+    """Return the statuses from which `new` may be entered (for guarded UPDATEs)."""
+    return [s.value for s, targets in TRANSITIONS.items() if new in targets]

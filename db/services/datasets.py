@@ -1,0 +1,54 @@
+"""Dataset records; the files themselves are written by the API's storage layer."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.enums import TERMINAL_STATUSES
+from db.errors import Conflict, NotFound
+from db.models import Dataset, Job, JobDataset
+
+
+def get_dataset(session: Session, tenant_id: int, dataset_id: int) -> Dataset:
+    """Return the tenant's live dataset or raise NotFound."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant_id or dataset.deleted_at is not None:
+        raise NotFound(f"dataset {dataset_id} not found", code="dataset_not_found")
+    return dataset
+
+
+def list_datasets(
+    session: Session, tenant_id: int, *, before_id: int | None = None, limit: int = 50
+) -> list[Dataset]:
+    """Return the tenant's datasets newest first."""
+    query = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+    if before_id:
+        query = query.where(Dataset.id < before_id)
+    return list(session.scalars(query.order_by(Dataset.id.desc()).limit(limit)))
+
+
+def live_jobs_using(session: Session, dataset_id: int) -> list[int]:
+    """Return ids of unfinished jobs that read the dataset."""
+    query = (
+        select(Job.id)
+        .join(JobDataset, JobDataset.job_id == Job.id)
+        .where(JobDataset.dataset_id == dataset_id, Job.status.not_in([s.value for s in TERMINAL_STATUSES]))
+    )
+    return list(session.scalars(query))
+
+
+def delete_dataset(session: Session, tenant_id: int, dataset_id: int) -> Dataset:
+    """Mark a dataset deleted unless an unfinished job still reads it."""
+    dataset = get_dataset(session, tenant_id, dataset_id)
+    jobs = live_jobs_using(session, dataset_id)
+    if jobs:
+        raise Conflict(
+            f"dataset {dataset_id} is used by unfinished jobs {jobs}; cancel them or wait for them to end",
+            code="dataset_in_use",
+            details={"job_ids": jobs},
+        )
+    dataset.deleted_at = utcnow()
+    session.flush()
+    return dataset

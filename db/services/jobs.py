@@ -1,0 +1,166 @@
+"""Job submission, queries, events and cancellation; callers own the session and commit."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.enums import JobStatus, check_transition
+from db.errors import Conflict, NotFound
+from db.models import Job, JobDataset, JobEvent, OutboxMessage
+
+TASK_NAMES = {
+    "finetune": "jobs.finetune",
+    "evaluate": "jobs.evaluate",
+    "batch_inference": "jobs.batch_inference",
+}
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: int,
+    kind: str,
+    task: str,
+    params: dict[str, Any],
+    queue: str,
+    priority: int = 5,
+    max_attempts: int = 3,
+    idempotency_key: str | None = None,
+    datasets: list[tuple[int, str]] = (),
+) -> tuple[Job, bool]:
+    """Insert a queued job and its outbox message; return (job, created)."""
+    if idempotency_key is not None:
+        existing = session.scalars(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+        ).first()
+        if existing is not None:
+            if existing.kind != kind or existing.params != params:
+                raise Conflict(
+                    "this Idempotency-Key was already used for a different request; "
+                    "use a new key for a new job",
+                    code="idempotency_key_reused",
+                    details={"job_id": existing.id},
+                )
+            return existing, False
+    job = Job(
+        tenant_id=tenant_id,
+        kind=kind,
+        task=task,
+        params=params,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        status=JobStatus.QUEUED,
+        datasets=[JobDataset(dataset_id=d, role=role) for d, role in datasets],
+    )
+    session.add(job)
+    session.flush()
+    enqueue(session, job)
+    add_event(session, job.id, "status", f"{kind} job queued on '{queue}'", data={"status": "queued"})
+    return job, True
+
+
+def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> OutboxMessage:
+    """Add an outbox message that will wake a worker for `job`."""
+    message = OutboxMessage(
+        job_id=job.id,
+        task_name=TASK_NAMES[job.kind],
+        queue=job.queue,
+        priority=job.priority,
+        available_at=utcnow() + timedelta(seconds=delay_seconds),
+    )
+    session.add(message)
+    session.flush()
+    return message
+
+
+def get_job(session: Session, tenant_id: int, job_id: int) -> Job:
+    """Return the tenant's job or raise NotFound."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"job {job_id} not found", code="job_not_found")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: int,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Return the tenant's jobs newest first, `limit` of them from below `before_id`."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if before_id:
+        query = query.where(Job.id < before_id)
+    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+
+
+def add_event(
+    session: Session,
+    job_id: int,
+    type_: str,
+    message: str = "",
+    *,
+    step: int | None = None,
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+    epoch: int | None = None,
+) -> JobEvent:
+    """Append an event (log line, metric point, status change, rescue) to a job."""
+    event = JobEvent(
+        job_id=job_id, type=type_, message=message, step=step, data=data or {}, level=level, epoch=epoch
+    )
+    session.add(event)
+    return event
+
+
+def list_events(
+    session: Session, job_id: int, *, after_id: int = 0, limit: int = 500, type_: str | None = None
+) -> list[JobEvent]:
+    """Return a job's events with id above `after_id`, oldest first."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+    if type_:
+        query = query.where(JobEvent.type == type_)
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def request_cancel(session: Session, tenant_id: int, job_id: int) -> Job:
+    """Cancel a queued job at once, or flag a running one for its heartbeat to stop."""
+    job = get_job(session, tenant_id, job_id)
+    if JobStatus(job.status).terminal:
+        raise Conflict(f"job {job_id} already {job.status}; nothing to cancel", code="job_finished")
+    now = utcnow()
+    cancelled_now = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
+    ).rowcount
+    if cancelled_now:
+        add_event(session, job_id, "status", "cancelled before it started", data={"status": "cancelled"})
+    else:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now))
+        add_event(session, job_id, "log", "cancel requested; the worker stops at its next heartbeat")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def set_status(session: Session, job: Job, new: JobStatus, *, at: datetime | None = None) -> None:
+    """Move an already-locked job to `new`, enforcing the transition table."""
+    check_transition(job.status, new)
+    job.status = new
+    if new.terminal:
+        job.finished_at = at or utcnow()

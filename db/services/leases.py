@@ -1,0 +1,191 @@
+"""Leases with fencing: the only way a worker takes, keeps and gives up a job.
+
+Every statement is a single guarded UPDATE, so two workers can never both believe they own a
+job: the claim bumps `epoch`, and every later write carries `WHERE epoch = :mine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.enums import JobStatus
+from db.models import Job
+from db.services.jobs import add_event, enqueue
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: int
+    epoch: int
+    owner: str
+    attempt: int
+
+
+def claim_job(session: Session, job_id: int, *, owner: str, lease_seconds: float) -> Lease | None:
+    """Atomically take a queued job, or a running one whose lease expired; None if not ours."""
+    now = utcnow()
+    claimable = or_(
+        Job.status == JobStatus.QUEUED,
+        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+        .where(Job.attempts < Job.max_attempts)
+        .values(
+            status=JobStatus.RUNNING,
+            epoch=Job.epoch + 1,
+            attempts=Job.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            updated_at=now,
+            error_code=None,
+            error_message=None,
+        )
+        .returning(Job.epoch, Job.attempts)
+    ).first()
+    if result is None:
+        return None
+    epoch, attempt = result
+    add_event(
+        session, job_id, "status", f"attempt {attempt} started on {owner}",
+        data={"status": "running", "attempt": attempt}, epoch=epoch,
+    )
+    return Lease(job_id=job_id, epoch=epoch, owner=owner, attempt=attempt)
+
+
+def renew_lease(
+    session: Session, lease: Lease, *, lease_seconds: float, progress: dict[str, Any] | None = None
+) -> tuple[bool, bool]:
+    """Extend the lease and store progress; return (still_owned, cancel_requested)."""
+    now = utcnow()
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
+    values.update(progress or {})
+    row = session.execute(
+        update(Job)
+        .where(_fenced(lease))
+        .values(**values)
+        .returning(Job.cancel_requested)
+    ).first()
+    if row is None:
+        return False, False
+    return True, bool(row[0])
+
+
+def fenced_update(session: Session, lease: Lease, **values: Any) -> bool:
+    """Write job columns only if this lease still owns the job."""
+    values.setdefault("updated_at", utcnow())
+    return session.execute(update(Job).where(_fenced(lease)).values(**values)).rowcount == 1
+
+
+def finish_job(
+    session: Session,
+    lease: Lease,
+    status: JobStatus,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    **values: Any,
+) -> bool:
+    """End the job in a terminal state if this lease still owns it."""
+    assert status.terminal
+    now = utcnow()
+    done = fenced_update(
+        session,
+        lease,
+        status=status,
+        finished_at=now,
+        lease_expires_at=None,
+        error_code=error_code,
+        error_message=error_message,
+        **values,
+    )
+    if done:
+        message = f"job {status}" + (f": {error_message}" if error_message else "")
+        add_event(
+            session, lease.job_id, "status", message,
+            data={"status": str(status), "error_code": error_code}, epoch=lease.epoch,
+            level="error" if status == JobStatus.FAILED else "info",
+        )
+    return done
+
+
+def release_job(
+    session: Session, lease: Lease, *, reason: str, delay_seconds: float, code: str = "requeued"
+) -> bool:
+    """Hand a running job back to the queue (shutdown, transient error) with a backoff."""
+    now = utcnow()
+    job = session.get(Job, lease.job_id)
+    done = fenced_update(
+        session,
+        lease,
+        status=JobStatus.QUEUED,
+        lease_owner=None,
+        lease_expires_at=None,
+        not_before=now + timedelta(seconds=delay_seconds),
+        error_code=code,
+        error_message=reason,
+    )
+    if done:
+        session.refresh(job)
+        enqueue(session, job, delay_seconds=delay_seconds)
+        add_event(session, job.id, "rescue", reason, data={"delay_seconds": delay_seconds}, epoch=lease.epoch)
+    return done
+
+
+def expired_leases(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[Job]:
+    """Return running jobs whose lease ran out (their worker died or stalled)."""
+    now = now or utcnow()
+    query = (
+        select(Job)
+        .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def rescue_expired(session: Session, job: Job, *, backoff_seconds: float) -> str | None:
+    """Requeue (or fail, past max_attempts) a job whose lease expired; return what was done."""
+    now = utcnow()
+    guard = and_(
+        Job.id == job.id,
+        Job.epoch == job.epoch,
+        Job.status == JobStatus.RUNNING,
+        Job.lease_expires_at < now,
+    )
+    if job.attempts >= job.max_attempts:
+        reason = (
+            f"the worker running this job stopped responding on each of its {job.attempts} "
+            "attempts; giving up (max_attempts reached)"
+        )
+        values = dict(status=JobStatus.FAILED, finished_at=now, error_code="worker_lost", error_message=reason)
+    else:
+        reason = (
+            f"lease of attempt {job.attempts} (owner {job.lease_owner}) expired; "
+            f"requeued with a {backoff_seconds:.0f}s backoff"
+        )
+        values = dict(status=JobStatus.QUEUED, not_before=now + timedelta(seconds=backoff_seconds))
+    updated = session.execute(
+        update(Job).where(guard).values(epoch=Job.epoch + 1, lease_owner=None, updated_at=now, **values)
+    ).rowcount
+    if not updated:
+        return None
+    session.refresh(job)
+    if job.status == JobStatus.QUEUED:
+        enqueue(session, job, delay_seconds=backoff_seconds)
+        add_event(session, job.id, "rescue", reason, data={"attempt": job.attempts}, level="warning")
+        return "requeued"
+    add_event(session, job.id, "status", f"job failed: {reason}", data={"status": "failed"}, level="error")
+    return "failed"
+
+
+def _fenced(lease: Lease):
+    return and_(Job.id == lease.job_id, Job.epoch == lease.epoch, Job.status == JobStatus.RUNNING)

@@ -1,0 +1,44 @@
+"""Tenants and API tokens; a token is shown once and stored only as its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import ApiToken, Tenant
+
+TOKEN_PREFIX = "ns_"
+
+
+def hash_token(raw: str) -> str:
+    """Return the stored form of a raw token."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    """Return the tenant called `name`, creating it if needed."""
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name)).first()
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def issue_token(session: Session, tenant: Tenant, *, name: str = "default", raw: str | None = None) -> str:
+    """Create a token for `tenant` and return its raw value (never stored)."""
+    raw = raw or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(tenant_id=tenant.id, name=name, token_hash=hash_token(raw)))
+    session.flush()
+    return raw
+
+
+def authenticate(session: Session, raw: str) -> ApiToken | None:
+    """Return the live token matching `raw`, or None."""
+    token = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(raw))).first()
+    if token is None or token.revoked_at is not None:
+        return None
+    return token
