@@ -1,0 +1,11 @@
+"""Job runners: orchestration between the database row, files and `worker/ml/` (no torch here)."""
+
+from __future__ import annotations
+
+from worker.jobs import evaluate, finetune, inference
+
+RUNNERS = {
+    "finetune": finetune.run,
+    "evaluate": evaluate.run,
+    "batch_inference": inference.run,
+}

@@ -1,0 +1,96 @@
+"""Every setting Nightshift reads from the environment, in one place, with its default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "NIGHTSHIFT_"
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings; each field maps to `NIGHTSHIFT_<FIELD>` (upper case)."""
+
+    data_dir: Path = field(default=Path(".nightshift"), metadata={"help": "Datasets, models, outputs, SQLite file."})
+    database_url: str = field(default="", metadata={"help": "SQLAlchemy URL; default a SQLite file in data_dir."})
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Broker; `up` starts an embedded one when unset."})
+    api_host: str = field(default="127.0.0.1", metadata={"help": "Address the API binds to."})
+    api_port: int = field(default=8080, metadata={"help": "Port the API binds to."})
+    api_workers: int = field(default=2, metadata={"help": "gunicorn worker processes."})
+    max_upload_bytes: int = field(default=1 << 30, metadata={"help": "Largest accepted upload (413 above)."})
+    hub_enabled: bool = field(default=False, metadata={"help": "Allow model references that must be fetched from a hub."})
+    lease_seconds: float = field(default=60.0, metadata={"help": "How long a job's lease lasts without a heartbeat."})
+    heartbeat_seconds: float = field(default=5.0, metadata={"help": "Heartbeat period of a running job."})
+    max_attempts: int = field(default=3, metadata={"help": "Attempts before a job fails for good."})
+    retry_backoff_seconds: float = field(default=10.0, metadata={"help": "First retry delay; doubles per attempt."})
+    sweep_seconds: float = field(default=10.0, metadata={"help": "Sweeper period (in beat)."})
+    relay_seconds: float = field(default=2.0, metadata={"help": "Outbox relay period (in beat)."})
+    stale_queued_seconds: float = field(default=300.0, metadata={"help": "Re-dispatch a queued job not started after this."})
+    queue_finetune: str = field(default="gpu", metadata={"help": "Celery queue of fine-tunes."})
+    queue_evaluate: str = field(default="gpu", metadata={"help": "Celery queue of evaluations."})
+    queue_batch_inference: str = field(default="gpu", metadata={"help": "Celery queue of batch inference."})
+    soft_time_limit_seconds: int = field(default=12 * 3600, metadata={"help": "Soft time limit of one job attempt."})
+    hard_time_limit_seconds: int = field(default=12 * 3600 + 600, metadata={"help": "Hard time limit (process killed)."})
+    visibility_timeout_seconds: int = field(default=13 * 3600, metadata={"help": "Redis transport visibility timeout."})
+    worker_concurrency: int = field(default=1, metadata={"help": "Processes per worker (one per GPU)."})
+    token: str = field(default="", metadata={"help": "Bearer token the CLI sends."})
+    api_url: str = field(default="", metadata={"help": "API base URL the CLI calls; default from host and port."})
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Read `NIGHTSHIFT_*` variables, then apply `overrides`."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = _env(f.name.upper(), None)
+            if raw is not None:
+                values[f.name] = _coerce(raw, type(f.default))
+        settings = cls(**values)
+        return settings.with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """Return a copy with fields replaced (strings coerced to the field's type)."""
+        known = {f.name: type(f.default) for f in fields(self)}
+        clean = {k: _coerce(v, known[k]) if isinstance(v, str) else v for k, v in overrides.items() if k in known}
+        settings = replace(self, **clean)
+        if not settings.database_url:
+            db_file = (Path(settings.data_dir) / "nightshift.db").resolve()
+            settings = replace(settings, database_url=f"sqlite:///{db_file}")
+        return replace(settings, data_dir=Path(settings.data_dir))
+
+    def queue_for(self, kind: str) -> str:
+        """Return the Celery queue that runs jobs of `kind`."""
+        return getattr(self, f"queue_{kind}")
+
+    @property
+    def base_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def export_env(self) -> dict[str, str]:
+        """Return the settings as environment variables for child processes."""
+        return {ENV_PREFIX + f.name.upper(): _render(getattr(self, f.name)) for f in fields(self)}
+
+
+def _coerce(raw: str, kind: type) -> Any:
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind is Path:
+        return Path(raw)
+    return kind(raw)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """Return (variable, default, help) rows for the README's configuration table."""
+    return [(ENV_PREFIX + f.name.upper(), _render(f.default), f.metadata.get("help", "")) for f in fields(Settings)]

@@ -1,0 +1,497 @@
+"""Stream dataset uploads into canonical JSON Lines, and read them back.
+
+CSV, TSV, JSON Lines and Parquet uploads are validated row by row while they stream, so a large
+upload never sits in memory and a bad row is reported by number with what to fix. The canonical
+file holds one JSON object per row, every value a string or null, so later stages read one format.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+EXTENSION_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
+MAX_FIELD_CHARS = 64 * 1024 * 1024
+MAX_LINE_BYTES = 64 * 1024 * 1024
+COPY_CHUNK_BYTES = 1024 * 1024
+PARQUET_BATCH_ROWS = 2048
+_UTF8_BOM = b"\xef\xbb\xbf"
+_MAPPING_HINT = "Map your columns with text_column=... label_column=..."
+
+Row = dict[str, Any]
+
+
+class DataFileError(Exception):
+    """A dataset file cannot be used as uploaded; the message says what to fix."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ingest learned about an upload while writing its canonical copy."""
+
+    row_count: int
+    sha256: str
+    columns: list[str]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_format(filename: str | None, declared: str | None) -> str:
+    """Return the upload's format: the declared one, else the one its file extension names."""
+    supported = ", ".join(FORMATS)
+    if declared:
+        name = declared.strip().lower().lstrip(".")
+        fmt = EXTENSION_FORMATS.get("." + name)
+        if fmt is None:
+            raise DataFileError(
+                "unsupported_format",
+                f"Format '{declared}' is not supported; declare one of {supported}.",
+                {"format": declared, "supported": list(FORMATS)},
+            )
+        return fmt
+    fmt = EXTENSION_FORMATS.get(Path(filename or "").suffix.lower())
+    if fmt is None:
+        raise DataFileError(
+            "unsupported_format",
+            f"Cannot tell the format of '{filename or ''}' from its name; use a .csv, .tsv, "
+            f".jsonl or .parquet file, or declare the format as one of {supported}.",
+            {"filename": filename, "supported": list(FORMATS)},
+        )
+    return fmt
+
+
+def ingest(
+    src: BinaryIO,
+    *,
+    fmt: str,
+    dest: Path,
+    text_column: str,
+    label_column: str | None,
+    max_label_chars: int = 200,
+) -> IngestResult:
+    """Validate an upload row by row and write it to dest as canonical JSON Lines.
+
+    Label values are stripped of surrounding whitespace; every other value is kept as is.
+    """
+    reader = _HashingReader(src)
+    rows = _open_rows(fmt, reader, src)
+    stats = _Stats(labelled=label_column is not None)
+    columns: dict[str, None] = {}
+    count = 0
+    with open(dest, "w", encoding="utf-8", newline="\n") as out:
+        try:
+            for raw, line in rows:
+                count += 1
+                if count == 1:
+                    _check_columns(raw, text_column, label_column)
+                for key in raw:
+                    columns.setdefault(key)
+                text = _row_text(raw, count, line, text_column)
+                label = None
+                if label_column is not None:
+                    label = _row_label(raw, count, line, label_column, max_label_chars)
+                out.write(_canonical_line(raw, columns, text_column, text, label_column, label))
+                stats.add(text, label)
+        except _BadBytes as exc:
+            raise _not_utf8(exc, count + 1) from None
+    if count == 0:
+        raise DataFileError("empty_file", "The file has no data rows; add at least one row.")
+    return IngestResult(count, reader.hexdigest(), list(columns), stats.summary())
+
+
+def iter_rows(path: Path, start: int = 0) -> Iterator[tuple[int, Row]]:
+    """Yield (0-based index, row) for each row of a canonical file, from index start on."""
+    with open(path, encoding="utf-8", newline="\n") as lines:
+        for index, line in enumerate(lines):
+            if index >= start:
+                yield index, json.loads(line)
+
+
+def count_rows(path: Path) -> int:
+    """Return the number of rows in a canonical file."""
+    count = 0
+    with open(path, "rb") as data:
+        while chunk := data.read(COPY_CHUNK_BYTES):
+            count += chunk.count(b"\n")
+    return count
+
+
+class _HashingReader:
+    """Read a binary stream while hashing every byte that passes."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._sha256 = hashlib.sha256()
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        return self._seen(self._src.read(size))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._seen(self._src.readline(size))
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+    def _seen(self, data: bytes) -> bytes:
+        self._sha256.update(data)
+        self.bytes_read += len(data)
+        return data
+
+
+class _BadBytes(Exception):
+    """Signal bytes that are not UTF-8; ingest names the row they fall in."""
+
+    def __init__(self, line: int, offset: int) -> None:
+        super().__init__(f"line {line}, byte {offset}")
+        self.line = line
+        self.offset = offset
+
+
+def _open_rows(fmt: str, reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, int | None]]:
+    """Return an iterator of (raw row, first line number or None) for the given format."""
+    fmt = detect_format(None, fmt)
+    if fmt in ("csv", "tsv"):
+        return _csv_rows(_text_lines(reader), delimiter="," if fmt == "csv" else "\t")
+    if fmt == "jsonl":
+        return _jsonl_rows(_text_lines(reader))
+    return _parquet_rows(reader, src)
+
+
+def _text_lines(reader: _HashingReader) -> Iterator[str]:
+    """Yield the decoded lines of a UTF-8 stream, dropping a leading byte order mark."""
+    number = 0
+    while raw := reader.readline(MAX_LINE_BYTES + 1):
+        start = reader.bytes_read - len(raw)
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataFileError(
+                "line_too_long",
+                f"Line {number} is longer than {MAX_LINE_BYTES} bytes; check the file's format.",
+                {"line": number},
+            )
+        skip = len(_UTF8_BOM) if start == 0 and raw.startswith(_UTF8_BOM) else 0
+        try:
+            text = raw[skip:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _BadBytes(number, start + skip + exc.start) from None
+        yield text
+
+
+def _csv_rows(lines: Iterable[str], delimiter: str) -> Iterator[tuple[Row, int]]:
+    """Yield each CSV record as a dict keyed by the header, with the line it starts on."""
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    header = _csv_header(reader)
+    row = 0
+    while True:
+        line = reader.line_num + 1
+        try:
+            record = next(reader, None)
+        except csv.Error as exc:
+            raise _malformed_csv(f"Row {row + 1} (line {line}) is not valid: {exc}.", row + 1, line)
+        if record is None:
+            return
+        if not record:
+            continue
+        row += 1
+        if len(record) != len(header):
+            raise _malformed_csv(
+                f"Row {row} (line {line}) has {len(record)} fields but the header has "
+                f"{len(header)}.",
+                row,
+                line,
+            )
+        yield dict(zip(header, record)), line
+
+
+def _csv_header(reader: Iterator[list[str]]) -> list[str]:
+    """Read the header record, skipping blank lines, and check its names are unique."""
+    try:
+        header = next((record for record in reader if record), None)
+    except csv.Error as exc:
+        raise _malformed_csv(f"The header line is not valid: {exc}.", None, None)
+    if header is None:
+        raise DataFileError("empty_file", "The file is empty; upload a header line and data rows.")
+    names = [name.strip() for name in header]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataFileError(
+            "malformed_csv",
+            f"The header names {', '.join(map(repr, duplicates))} more than once; "
+            "give every column a distinct name.",
+            {"columns": duplicates},
+        )
+    return names
+
+
+def _malformed_csv(problem: str, row: int | None, line: int | None) -> DataFileError:
+    """Build the error for a record the csv module cannot split into the header's fields."""
+    details = {"row": row, "line": line} if row is not None else {}
+    return DataFileError(
+        "malformed_csv",
+        f"{problem} A field that holds the delimiter, a double quote or a line break must be "
+        'wrapped in double quotes, with quotes inside it doubled ("").',
+        details,
+    )
+
+
+def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
+    """Yield each non-blank line parsed as a JSON object, with its line number."""
+    row = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            value = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            raise _malformed_json(f"is not valid JSON ({exc.msg} at column {exc.colno})", row, number)
+        if not isinstance(value, dict):
+            raise _malformed_json(f"holds a JSON {type(value).__name__}, not an object", row, number)
+        yield value, number
+
+
+def _malformed_json(problem: str, row: int, line: int) -> DataFileError:
+    """Build the error for a JSON Lines line that is not one JSON object."""
+    return DataFileError(
+        "malformed_json",
+        f"Line {line} (row {row}) {problem}. Each line must hold one JSON object, e.g. "
+        '{"text": "...", "label": "..."}; a single JSON array is not JSON Lines.',
+        {"row": row, "line": line},
+    )
+
+
+def _parquet_rows(reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, None]]:
+    """Yield each Parquet row as a dict of Python values, batch by batch."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    data = _hashed_seekable(reader, src)
+    try:
+        try:
+            parquet = pq.ParquetFile(data)
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise _malformed_parquet(f"The file is not a readable Parquet file ({exc}).", None)
+        _check_unique(parquet.schema_arrow.names)
+        row = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield record, None
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise _malformed_parquet(f"Rows from {row + 1} on cannot be read ({exc}).", row + 1)
+    finally:
+        if data is not src:
+            data.close()
+
+
+def _hashed_seekable(reader: _HashingReader, src: BinaryIO) -> BinaryIO:
+    """Hash the whole upload and return a seekable file positioned at its start."""
+    if src.seekable() and src.tell() == 0:
+        while reader.read(COPY_CHUNK_BYTES):
+            pass
+        src.seek(0)
+        data = src
+    else:
+        data = tempfile.TemporaryFile()
+        while chunk := reader.read(COPY_CHUNK_BYTES):
+            data.write(chunk)
+        data.seek(0)
+    if reader.bytes_read == 0:
+        raise DataFileError("empty_file", "The file is empty; upload a Parquet file with rows.")
+    return data
+
+
+def _check_unique(names: list[str]) -> None:
+    """Refuse a Parquet schema that names a column twice."""
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise _malformed_parquet(
+            f"The schema names {', '.join(map(repr, duplicates))} more than once; "
+            "give every column a distinct name.",
+            None,
+        )
+
+
+def _malformed_parquet(problem: str, row: int | None) -> DataFileError:
+    """Build the error for a Parquet file pyarrow cannot read."""
+    return DataFileError(
+        "malformed_parquet",
+        f"{problem} Write the file again with pyarrow or pandas (DataFrame.to_parquet).",
+        {"row": row} if row is not None else {},
+    )
+
+
+def _check_columns(first: Row, text_column: str, label_column: str | None) -> None:
+    """Refuse an upload whose first row lacks the mapped text or label column."""
+    available = list(first)
+    for role, name in (("text_column", text_column), ("label_column", label_column)):
+        if name is not None and name not in first:
+            raise DataFileError(
+                "missing_column",
+                f"Column '{name}' ({role}) is not in the file. Available columns: "
+                f"{', '.join(available) or '(none)'}. {_MAPPING_HINT}",
+                {"column": name, "role": role, "available_columns": available},
+            )
+
+
+def _where(row: int, line: int | None) -> str:
+    """Name a row for a message, with its line when the file has lines."""
+    return f"Row {row}" if line is None or line == row else f"Row {row} (line {line})"
+
+
+def _row_details(row: int, line: int | None, column: str, **extra: Any) -> dict[str, Any]:
+    """Return the details of an error about one cell."""
+    details: dict[str, Any] = {"row": row, "column": column, **extra}
+    if line is not None:
+        details["line"] = line
+    return details
+
+
+def _row_text(raw: Row, row: int, line: int | None, column: str) -> str:
+    """Return the row's text, refusing a missing, blank or structured value."""
+    value = raw.get(column)
+    if isinstance(value, (list, tuple, dict)):
+        raise DataFileError(
+            "bad_text",
+            f"{_where(row, line)}: column '{column}' holds a list or object; "
+            "the text must be a single string.",
+            _row_details(row, line, column),
+        )
+    text = _to_text(value)
+    if text is None or not text.strip():
+        raise DataFileError(
+            "empty_text",
+            f"{_where(row, line)}: column '{column}' is missing or blank; "
+            "fill in the text or remove the row.",
+            _row_details(row, line, column),
+        )
+    return text
+
+
+def _row_label(raw: Row, row: int, line: int | None, column: str, max_chars: int) -> str:
+    """Return the row's label, stripped, refusing a missing, structured or overlong value."""
+    value = raw.get(column)
+    where = f"{_where(row, line)}: column '{column}'"
+    if isinstance(value, (list, tuple, dict)):
+        raise DataFileError(
+            "bad_label",
+            f"{where} holds a list or object; give one label per row, as a string or number.",
+            _row_details(row, line, column),
+        )
+    label = (_to_text(value) or "").strip()
+    if not label:
+        raise DataFileError(
+            "bad_label",
+            f"{where} has no label; label every row, or upload without a label_column.",
+            _row_details(row, line, column),
+        )
+    if len(label) > max_chars:
+        raise DataFileError(
+            "bad_label",
+            f"{where} holds a {len(label)}-character label; labels may have at most "
+            f"{max_chars} characters. Is label_column pointing at the text? {_MAPPING_HINT}",
+            _row_details(row, line, column, length=len(label), max_chars=max_chars),
+        )
+    return label
+
+
+def _to_text(value: Any) -> str | None:
+    """Convert a source value to its canonical string; None stays None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bytes):
+        # Parquet binary columns are rare; keep them readable rather than fail the upload.
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _canonical_line(
+    raw: Row, columns: dict[str, None], text_column: str, text: str,
+    label_column: str | None, label: str | None,
+) -> str:
+    """Return one canonical JSON line: every column seen so far, values as strings or null."""
+    out: dict[str, str | None] = dict.fromkeys(columns)
+    for key, value in raw.items():
+        out[key] = _to_text(value)
+    out[text_column] = text
+    if label_column is not None:
+        out[label_column] = label
+    return json.dumps(out, ensure_ascii=False) + "\n"
+
+
+def _not_utf8(exc: _BadBytes, row: int) -> DataFileError:
+    """Build the error for bytes that are not UTF-8, naming the row they fall in."""
+    return DataFileError(
+        "not_utf8",
+        f"Line {exc.line} (around data row {row}, byte {exc.offset}) is not valid UTF-8. "
+        "Save the file with UTF-8 encoding and upload it again.",
+        {"row": row, "line": exc.line, "byte_offset": exc.offset},
+    )
+
+
+class _Stats:
+    """Accumulate label counts and a histogram of text lengths, row by row."""
+
+    def __init__(self, labelled: bool) -> None:
+        self._lengths: Counter[int] = Counter()
+        self._labels: Counter[str] | None = Counter() if labelled else None
+
+    def add(self, text: str, label: str | None) -> None:
+        self._lengths[len(text)] += 1
+        if self._labels is not None and label is not None:
+            self._labels[label] += 1
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._labels is not None:
+            ranked = sorted(self._labels.items(), key=lambda item: (-item[1], item[0]))
+            out["label_distribution"] = dict(ranked)
+        out["num_labels"] = len(self._labels or ())
+        out["text_length_chars"] = _length_summary(self._lengths)
+        return out
+
+
+def _length_summary(histogram: Counter[int]) -> dict[str, float | int]:
+    """Return min, nearest-rank percentiles, max and mean of a length histogram."""
+    ordered = sorted(histogram.items())
+    total = sum(histogram.values())
+    summary: dict[str, float | int] = {"min": ordered[0][0]}
+    for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        rank, seen = max(1, math.ceil(fraction * total)), 0
+        for length, count in ordered:
+            seen += count
+            if seen >= rank:
+                summary[name] = length
+                break
+    summary["max"] = ordered[-1][0]
+    summary["mean"] = round(sum(length * count for length, count in ordered) / total, 2)
+    return summary

@@ -1,0 +1,45 @@
+"""Helpers shared by the job runners: model references, dataset files, storage paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from db.models import Dataset, ModelArtifact
+from db.services.registry import resolve_model
+from worker.errors import PermanentJobError
+from worker.lifecycle import JobContext
+
+
+def load_dataset_row(context: JobContext, dataset_id: int) -> Dataset:
+    """Return the dataset row a job reads, failing clearly if it is gone."""
+    with context.session_factory() as session:
+        dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.deleted_at is not None or dataset.tenant_id != context.job.tenant_id:
+        raise PermanentJobError(f"dataset {dataset_id} no longer exists", code="dataset_missing")
+    if not Path(dataset.path).exists():
+        raise PermanentJobError(f"the file of dataset {dataset_id} is missing from storage", code="dataset_missing")
+    return dataset
+
+
+def resolve_model_path(context: JobContext, ref: str) -> tuple[str, ModelArtifact | None]:
+    """Turn a model reference into something `from_pretrained` loads, plus its registry row."""
+    with context.session_factory() as session:
+        artifact = resolve_model(session, context.job.tenant_id, ref)
+    if artifact is not None:
+        return artifact.path, artifact
+    return ref, None
+
+
+def job_dir(context: JobContext, area: str) -> Path:
+    """Return (and create) this job's directory under `area` of the data dir."""
+    path = Path(context.settings.data_dir).resolve() / area / f"job-{context.job.id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+HEADLINE_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "support")
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """Pick the few metrics shown on a job and a model."""
+    return {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}

@@ -1,0 +1,136 @@
+"""Batch-inference runner: streams a dataset through a loaded model, chunk by committed chunk.
+
+Each chunk's predictions are written to their own file and recorded as an `InferenceChunk` row in
+a fenced transaction, so a new attempt skips finished chunks and the output has exactly one line
+per input row, in input order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import InferenceChunk
+from db.services.leases import fenced_update
+from worker.datafiles import iter_rows
+from worker.errors import JobInterrupted, PermanentJobError
+from worker.jobs.common import job_dir, load_dataset_row, resolve_model_path
+from worker.lifecycle import Finalize, JobContext
+from worker.params import BatchInferenceParams
+
+
+def run(context: JobContext) -> Finalize:
+    """Predict every row not yet done, then assemble the output files."""
+    from worker.ml.tasks import get_task
+
+    params = BatchInferenceParams.model_validate(context.job.params)
+    dataset = load_dataset_row(context, params.dataset_id)
+    text_column = params.text_column or dataset.text_column
+    if text_column not in dataset.columns:
+        raise PermanentJobError(
+            f"dataset {dataset.id} has no column '{text_column}'; its columns are {dataset.columns}",
+            code="missing_column",
+        )
+    model_path, _artifact = resolve_model_path(context, params.model)
+    out_dir = job_dir(context, "outputs")
+    (out_dir / "chunks").mkdir(exist_ok=True)
+    done = _done_chunks(context)
+    total = dataset.row_count
+    context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
+    predictor = get_task(context.job.task).Predictor(
+        model_path, max_length=params.max_length, batch_tokens=params.batch_tokens,
+        max_batch_size=params.max_batch_size,
+    )
+    rows = iter_rows(Path(dataset.path))
+    for index, chunk in enumerate(_chunks(rows, params.chunk_rows)):
+        if index in done:
+            continue
+        context.check()
+        results = predictor.predict_chunk([(i, row.get(text_column)) for i, row in chunk])
+        done[index] = _commit_chunk(context, out_dir, index, chunk, results)
+        rows_done = _rows_in(done)
+        context.progress(fraction=rows_done / max(total, 1), stage="predicting", done=rows_done, total=total)
+    predictions, errors = _assemble(out_dir, done)
+    summary = {
+        "rows": total,
+        "rows_ok": sum(c[1] for c in done.values()),
+        "rows_failed": sum(c[2] for c in done.values()),
+        "predictions": str(predictions),
+        "errors": str(errors),
+        "label_names": predictor.label_names,
+    }
+    return lambda session: {"result": summary, "output_path": str(predictions)}
+
+
+def _chunks(rows, size: int):
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
+def _rows_in(done: dict) -> int:
+    return sum(c[1] + c[2] for c in done.values())
+
+
+def _done_chunks(context: JobContext) -> dict[int, tuple[str, int, int]]:
+    with context.session_factory() as session:
+        chunks = session.scalars(select(InferenceChunk).where(InferenceChunk.job_id == context.job.id))
+        return {c.chunk_index: (c.path, c.rows_ok, c.rows_failed) for c in chunks}
+
+
+def _commit_chunk(context, out_dir: Path, index: int, chunk, results) -> tuple[str, int, int]:
+    """Write the chunk's files, then record the chunk under this attempt's lease."""
+    ids = {i: row.get("id") for i, row in chunk}
+    ok_path = out_dir / "chunks" / f"{index:06d}.jsonl"
+    ok, failed = _write_chunk_files(ok_path, results, ids)
+    try:
+        with context.session_factory() as session, session.begin():
+            if not fenced_update(session, context.lease):
+                raise JobInterrupted("lease lost while committing a chunk", code="lease_lost")
+            session.add(
+                InferenceChunk(
+                    job_id=context.job.id, chunk_index=index, start_row=chunk[0][0], end_row=chunk[-1][0],
+                    rows_ok=ok, rows_failed=failed, path=str(ok_path), epoch=context.lease.epoch,
+                )
+            )
+    except IntegrityError as exc:
+        raise JobInterrupted("another attempt already committed this chunk", code="lease_lost") from exc
+    return str(ok_path), ok, failed
+
+
+def _write_chunk_files(ok_path: Path, results, ids) -> tuple[int, int]:
+    ok = failed = 0
+    tmp_ok, tmp_err = ok_path.with_suffix(".tmp"), ok_path.with_suffix(".errors.tmp")
+    with open(tmp_ok, "w") as out, open(tmp_err, "w") as err:
+        for result in results:
+            if ids.get(result["row"]) is not None:
+                result = {"row": result["row"], "id": ids[result["row"]], **result}
+            if "error" in result:
+                err.write(json.dumps(result) + "\n")
+                failed += 1
+            else:
+                out.write(json.dumps(result) + "\n")
+                ok += 1
+    os.replace(tmp_err, ok_path.with_suffix(".errors.jsonl"))
+    os.replace(tmp_ok, ok_path)
+    return ok, failed
+
+
+def _assemble(out_dir: Path, done: dict) -> tuple[Path, Path]:
+    """Concatenate chunk files in order into predictions.jsonl and errors.jsonl."""
+    predictions, errors = out_dir / "predictions.jsonl", out_dir / "errors.jsonl"
+    with open(predictions.with_suffix(".tmp"), "wb") as out, open(errors.with_suffix(".tmp"), "wb") as err:
+        for index in sorted(done):
+            ok_path = Path(done[index][0])
+            with open(ok_path, "rb") as src:
+                out.writelines(src)
+            with open(ok_path.with_suffix(".errors.jsonl"), "rb") as src:
+                err.writelines(src)
+    os.replace(predictions.with_suffix(".tmp"), predictions)
+    os.replace(errors.with_suffix(".tmp"), errors)
+    return predictions, errors

@@ -1,0 +1,187 @@
+"""Claim, heartbeat, fence and finish: the life of one job attempt inside a worker process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.enums import JobStatus
+from db.models import Job
+from db.services.jobs import add_event
+from db.services.leases import Lease, claim_job, fenced_update, finish_job, release_job, renew_lease
+from worker.config import Settings
+from worker.errors import JobInterrupted, PermanentJobError, TransientJobError
+from worker.sweeper import backoff_seconds
+
+log = logging.getLogger(__name__)
+
+Finalize = Callable[[Session], dict[str, Any]]
+
+
+def worker_identity() -> str:
+    """Return this process's lease owner name."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobContext:
+    """A running attempt: implements `worker.ml.hooks.JobHooks` with fenced writes."""
+
+    def __init__(self, session_factory: sessionmaker[Session], settings: Settings, lease: Lease, job: Job):
+        self.session_factory = session_factory
+        self.settings = settings
+        self.lease = lease
+        self.job = job
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._progress: dict[str, Any] = {}
+        self._events: list[dict[str, Any]] = []
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
+
+    # -- JobHooks -------------------------------------------------------------------------
+    def progress(self, *, fraction, stage, done=None, total=None) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        elapsed = time.monotonic() - self._started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+        with self._lock:
+            self._progress = dict(
+                progress_fraction=fraction, progress_stage=stage, progress_done=done,
+                progress_total=total, eta_seconds=eta,
+            )
+
+    def metric(self, step, values) -> None:
+        clean = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+        self._event("metric", "", step=step, data=clean)
+
+    def log(self, message) -> None:
+        self._event("log", message)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise JobInterrupted("this attempt lost its lease; another worker owns the job", code="lease_lost")
+        if self.cancelled.is_set():
+            raise JobInterrupted("cancelled by request", code="cancelled")
+
+    def checkpoint_saved(self, path: Path, step: int) -> None:
+        self._event("log", f"checkpoint saved at step {step}", step=step, data={"path": str(path)})
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.settings.heartbeat_seconds + 5)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write progress and buffered events if this attempt still owns the job."""
+        with self._lock:
+            progress, events, self._events = self._progress, self._events, []
+        try:
+            with self.session_factory() as session, session.begin():
+                owned, cancel = renew_lease(
+                    session, self.lease, lease_seconds=self.settings.lease_seconds, progress=progress
+                )
+                if owned:
+                    for event in events:
+                        add_event(session, self.job.id, epoch=self.lease.epoch, **event)
+        except OperationalError as exc:  # database unreachable: retry next beat, lease may run out
+            log.warning("heartbeat of job %s failed: %s", self.job.id, exc)
+            with self._lock:
+                self._events[:0] = events
+            return
+        if not owned:
+            self.lost.set()
+        elif cancel:
+            self.cancelled.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            self.flush()
+            if self.lost.is_set():
+                return
+
+    def _event(self, type_: str, message: str, **fields: Any) -> None:
+        with self._lock:
+            self._events.append(dict(type_=type_, message=message, **fields))
+
+
+def run_job(
+    job_id: int,
+    runner: Callable[[JobContext], Finalize],
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+) -> str:
+    """Claim job `job_id`, run it, and record exactly one outcome; return that outcome."""
+    with session_factory() as session, session.begin():
+        lease = claim_job(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds)
+        job = session.get(Job, job_id) if lease else None
+    if lease is None:
+        log.info("job %s: not claimable (duplicate delivery, finished or cancelled); dropped", job_id)
+        return "dropped"
+    context = JobContext(session_factory, settings, lease, job)
+    context.start()
+    try:
+        finalize = runner(context)
+        context.stop()
+        return _succeed(context, finalize)
+    except JobInterrupted as exc:
+        context.stop()
+        return _interrupted(context, exc)
+    except PermanentJobError as exc:
+        context.stop()
+        return _fail(context, exc.code, exc.message)
+    except (TransientJobError, OperationalError) as exc:
+        context.stop()
+        return _retry(context, str(exc))
+    except Exception as exc:
+        context.stop()
+        log.exception("job %s crashed", job_id)
+        return _fail(context, "internal_error", f"the job crashed: {type(exc).__name__}: {exc}")
+
+
+def _succeed(context: JobContext, finalize: Finalize) -> str:
+    with context.session_factory() as session, session.begin():
+        if not fenced_update(session, context.lease):  # lock the row before side effects
+            session.rollback()
+            return "lost"
+        values = finalize(session)
+        finish_job(session, context.lease, JobStatus.SUCCEEDED, progress_fraction=1.0, eta_seconds=0, **values)
+    return "succeeded"
+
+
+def _interrupted(context: JobContext, exc: JobInterrupted) -> str:
+    if exc.code != "cancelled":
+        log.warning("job %s: %s", context.job.id, exc.message)
+        return "lost"
+    with context.session_factory() as session, session.begin():
+        finish_job(session, context.lease, JobStatus.CANCELLED, error_code="cancelled", error_message=exc.message)
+    return "cancelled"
+
+
+def _fail(context: JobContext, code: str, message: str) -> str:
+    with context.session_factory() as session, session.begin():
+        finish_job(session, context.lease, JobStatus.FAILED, error_code=code, error_message=message)
+    return "failed"
+
+
+def _retry(context: JobContext, reason: str) -> str:
+    if context.lease.attempt >= context.job.max_attempts:
+        return _fail(context, "retries_exhausted", f"gave up after {context.lease.attempt} attempts: {reason}")
+    delay = backoff_seconds(context.settings, context.lease.attempt)
+    with context.session_factory() as session, session.begin():
+        release_job(session, context.lease, reason=f"transient error, retrying: {reason}", delay_seconds=delay)
+    return "retrying"

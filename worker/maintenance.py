@@ -1,0 +1,37 @@
+"""The maintenance loop beat runs beside its schedule: outbox relay and sweeper."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+
+from worker import state
+from worker.outbox import relay_outbox
+from worker.sweeper import sweep
+
+log = logging.getLogger(__name__)
+
+
+def run_maintenance(celery_app: Celery, stop: threading.Event) -> None:
+    """Relay the outbox every `relay_seconds` and sweep every `sweep_seconds` until `stop`."""
+    settings = state.settings()
+    next_sweep = 0.0
+    while not stop.is_set():
+        try:
+            relay_outbox(state.session_factory(), celery_app)
+            if time.monotonic() >= next_sweep:
+                sweep(state.session_factory(), settings)
+                next_sweep = time.monotonic() + settings.sweep_seconds
+        except Exception:  # database or broker down: keep looping, the next tick retries
+            log.exception("maintenance tick failed; retrying in %ss", settings.relay_seconds)
+        stop.wait(settings.relay_seconds)
+
+
+def start_maintenance_thread(celery_app: Celery) -> threading.Event:
+    """Start the maintenance loop in a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+    threading.Thread(target=run_maintenance, args=(celery_app, stop), name="maintenance", daemon=True).start()
+    return stop

@@ -1,0 +1,74 @@
+"""Load sequence classifiers safely: standard architectures only, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from worker.errors import PermanentJobError
+
+
+def load_classifier(model_ref: str, *, num_labels: int | None = None, label_names: list[str] | None = None):
+    """Load (model, tokenizer) for sequence classification, never running repository code."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _refuse_custom_code(model_ref)
+    kwargs: dict = {"trust_remote_code": False}
+    if label_names is not None:
+        num_labels = len(label_names)
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+    if num_labels is not None:
+        # A fine-tuned checkpoint may carry a head of another size; a new one replaces it.
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_ref, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(model_ref, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PermanentJobError(_not_loadable_message(model_ref, exc)) from exc
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def label_names_of(model) -> list[str]:
+    """Return the model's class names in logit order."""
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(model.config.num_labels)]
+
+
+def _refuse_custom_code(model_ref: str) -> None:
+    directory = Path(model_ref)
+    if not directory.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = directory / name
+        if path.is_file() and "auto_map" in _read_json(path):
+            raise PermanentJobError(
+                f"model '{model_ref}' needs custom code ({name} has an auto_map), which is not run "
+                "here: use a model with a standard transformers architecture"
+            )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PermanentJobError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _not_loadable_message(model_ref: str, exc: Exception) -> str:
+    if Path(model_ref).is_dir():
+        return f"model directory '{model_ref}' cannot be loaded as a sequence classifier: {exc}"
+    return (
+        f"model '{model_ref}' not found: give a registered model name, a local directory with "
+        "config.json, or the hub id of a standard architecture available to this worker"
+    )
+
+
+def _ensure_pad_token(model, tokenizer) -> None:
+    # Decoder-only models often ship without a pad token; batching needs one.
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id

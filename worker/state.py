@@ -1,0 +1,27 @@
+"""Per-process resources of a worker, built lazily after fork."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, make_session_factory
+from worker.config import Settings
+
+
+@cache
+def settings() -> Settings:
+    """Return this process's settings (read from the environment once)."""
+    return Settings.from_env()
+
+
+@cache
+def session_factory() -> sessionmaker[Session]:
+    """Return this process's session factory."""
+    return make_session_factory(make_engine(settings().database_url))
+
+
+def reset() -> None:
+    """Forget per-process resources (after fork)."""
+    session_factory.cache_clear()

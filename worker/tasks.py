@@ -1,0 +1,33 @@
+"""Celery tasks: thin, named, given a job id; the work lives in `worker/jobs/`."""
+
+from __future__ import annotations
+
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401  (re-exported for runners)
+
+from worker import state
+from worker.celery_app import app
+from worker.lifecycle import run_job
+
+
+def _run(job_id: int, kind: str) -> str:
+    from worker.jobs import RUNNERS
+
+    return run_job(job_id, RUNNERS[kind], session_factory=state.session_factory(), settings=state.settings())
+
+
+@app.task(name="jobs.finetune")
+def finetune(job_id: int) -> str:
+    """Fine-tune a model (job kind `finetune`)."""
+    return _run(job_id, "finetune")
+
+
+@app.task(name="jobs.evaluate")
+def evaluate(job_id: int) -> str:
+    """Evaluate a model on a labelled dataset (job kind `evaluate`)."""
+    return _run(job_id, "evaluate")
+
+
+@app.task(name="jobs.batch_inference")
+def batch_inference(job_id: int) -> str:
+    """Run a model over every row of a dataset (job kind `batch_inference`)."""
+    return _run(job_id, "batch_inference")
