@@ -19,14 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-EXTENSION_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".parquet": "parquet",
+EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet"} | {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"
 }
 MAX_FIELD_CHARS = 64 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -34,6 +28,14 @@ COPY_CHUNK_BYTES = 1024 * 1024
 PARQUET_BATCH_ROWS = 2048
 _UTF8_BOM = b"\xef\xbb\xbf"
 _MAPPING_HINT = "Map your columns with text_column=... label_column=..."
+_FIX_HINTS = {
+    "malformed_csv": "A field that holds the delimiter, a double quote or a line break must be "
+    'wrapped in double quotes, with quotes inside it doubled ("").',
+    "malformed_json": 'Each line must hold one JSON object, e.g. {"text": "...", "label": "..."}; '
+    "a single JSON array is not JSON Lines.",
+    "malformed_parquet": "Write the file again with pyarrow or pandas (DataFrame.to_parquet).",
+    "not_utf8": "Save the file with UTF-8 encoding and upload it again.",
+}
 
 Row = dict[str, Any]
 
@@ -60,24 +62,18 @@ class IngestResult:
 
 def detect_format(filename: str | None, declared: str | None) -> str:
     """Return the upload's format: the declared one, else the one its file extension names."""
-    supported = ", ".join(FORMATS)
     if declared:
-        name = declared.strip().lower().lstrip(".")
-        fmt = EXTENSION_FORMATS.get("." + name)
-        if fmt is None:
-            raise DataFileError(
-                "unsupported_format",
-                f"Format '{declared}' is not supported; declare one of {supported}.",
-                {"format": declared, "supported": list(FORMATS)},
-            )
-        return fmt
-    fmt = EXTENSION_FORMATS.get(Path(filename or "").suffix.lower())
+        fmt = EXTENSION_FORMATS.get("." + declared.strip().lower().lstrip("."))
+        problem = f"Format '{declared}' is not supported"
+    else:
+        fmt = EXTENSION_FORMATS.get(Path(filename or "").suffix.lower())
+        problem = f"Cannot tell the format of '{filename or ''}' from its name"
     if fmt is None:
         raise DataFileError(
             "unsupported_format",
-            f"Cannot tell the format of '{filename or ''}' from its name; use a .csv, .tsv, "
-            f".jsonl or .parquet file, or declare the format as one of {supported}.",
-            {"filename": filename, "supported": list(FORMATS)},
+            f"{problem}; upload a .csv, .tsv, .jsonl or .parquet file, or declare the format "
+            f"as one of {', '.join(FORMATS)}.",
+            {"filename": filename, "format": declared, "supported": list(FORMATS)},
         )
     return fmt
 
@@ -108,14 +104,17 @@ def ingest(
                     _check_columns(raw, text_column, label_column)
                 for key in raw:
                     columns.setdefault(key)
-                text = _row_text(raw, count, line, text_column)
-                label = None
+                checked = {text_column: _row_text(raw, count, line, text_column)}
                 if label_column is not None:
-                    label = _row_label(raw, count, line, label_column, max_label_chars)
-                out.write(_canonical_line(raw, columns, text_column, text, label_column, label))
-                stats.add(text, label)
+                    checked[label_column] = _row_label(
+                        raw, count, line, label_column, max_label_chars
+                    )
+                out.write(_canonical_line(raw, columns, checked))
+                stats.add(checked[text_column], checked.get(label_column))
         except _BadBytes as exc:
-            raise _not_utf8(exc, count + 1) from None
+            line, offset = exc.args
+            problem = f"Line {line} (near data row {count + 1}, byte {offset}) is not UTF-8."
+            raise _malformed("not_utf8", problem, row=count + 1, line=line, byte_offset=offset)
     if count == 0:
         raise DataFileError("empty_file", "The file has no data rows; add at least one row.")
     return IngestResult(count, reader.hexdigest(), list(columns), stats.summary())
@@ -162,12 +161,7 @@ class _HashingReader:
 
 
 class _BadBytes(Exception):
-    """Signal bytes that are not UTF-8; ingest names the row they fall in."""
-
-    def __init__(self, line: int, offset: int) -> None:
-        super().__init__(f"line {line}, byte {offset}")
-        self.line = line
-        self.offset = offset
+    """Signal bytes that are not UTF-8 (args: line, byte offset); ingest names their row."""
 
 
 def _open_rows(fmt: str, reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, int | None]]:
@@ -211,19 +205,16 @@ def _csv_rows(lines: Iterable[str], delimiter: str) -> Iterator[tuple[Row, int]]
         try:
             record = next(reader, None)
         except csv.Error as exc:
-            raise _malformed_csv(f"Row {row + 1} (line {line}) is not valid: {exc}.", row + 1, line)
+            problem = f"Row {row + 1} (line {line}) is not valid: {exc}."
+            raise _malformed("malformed_csv", problem, row=row + 1, line=line) from None
         if record is None:
             return
         if not record:
             continue
         row += 1
         if len(record) != len(header):
-            raise _malformed_csv(
-                f"Row {row} (line {line}) has {len(record)} fields but the header has "
-                f"{len(header)}.",
-                row,
-                line,
-            )
+            problem = f"Row {row} (line {line}) has {len(record)} fields, the header {len(header)}."
+            raise _malformed("malformed_csv", problem, row=row, line=line)
         yield dict(zip(header, record)), line
 
 
@@ -232,30 +223,17 @@ def _csv_header(reader: Iterator[list[str]]) -> list[str]:
     try:
         header = next((record for record in reader if record), None)
     except csv.Error as exc:
-        raise _malformed_csv(f"The header line is not valid: {exc}.", None, None)
+        raise _malformed("malformed_csv", f"The header line is not valid: {exc}.") from None
     if header is None:
         raise DataFileError("empty_file", "The file is empty; upload a header line and data rows.")
     names = [name.strip() for name in header]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise DataFileError(
-            "malformed_csv",
-            f"The header names {', '.join(map(repr, duplicates))} more than once; "
-            "give every column a distinct name.",
-            {"columns": duplicates},
-        )
+    _check_unique(names, "malformed_csv")
     return names
 
 
-def _malformed_csv(problem: str, row: int | None, line: int | None) -> DataFileError:
-    """Build the error for a record the csv module cannot split into the header's fields."""
-    details = {"row": row, "line": line} if row is not None else {}
-    return DataFileError(
-        "malformed_csv",
-        f"{problem} A field that holds the delimiter, a double quote or a line break must be "
-        'wrapped in double quotes, with quotes inside it doubled ("").',
-        details,
-    )
+def _malformed(code: str, problem: str, **details: Any) -> DataFileError:
+    """Build the error for a file that cannot be parsed, with how to fix it."""
+    return DataFileError(code, f"{problem} {_FIX_HINTS[code]}", details)
 
 
 def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
@@ -268,20 +246,16 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
         try:
             value = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            raise _malformed_json(f"is not valid JSON ({exc.msg} at column {exc.colno})", row, number)
+            problem = f"is not valid JSON ({exc.msg}, column {exc.colno})"
+            raise _not_json(problem, row, number) from None
         if not isinstance(value, dict):
-            raise _malformed_json(f"holds a JSON {type(value).__name__}, not an object", row, number)
+            raise _not_json(f"holds a JSON {type(value).__name__}, not an object", row, number)
         yield value, number
 
 
-def _malformed_json(problem: str, row: int, line: int) -> DataFileError:
+def _not_json(problem: str, row: int, line: int) -> DataFileError:
     """Build the error for a JSON Lines line that is not one JSON object."""
-    return DataFileError(
-        "malformed_json",
-        f"Line {line} (row {row}) {problem}. Each line must hold one JSON object, e.g. "
-        '{"text": "...", "label": "..."}; a single JSON array is not JSON Lines.',
-        {"row": row, "line": line},
-    )
+    return _malformed("malformed_json", f"Line {line} (row {row}) {problem}.", row=row, line=line)
 
 
 def _parquet_rows(reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, None]]:
@@ -294,8 +268,9 @@ def _parquet_rows(reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, 
         try:
             parquet = pq.ParquetFile(data)
         except (pyarrow.ArrowException, OSError) as exc:
-            raise _malformed_parquet(f"The file is not a readable Parquet file ({exc}).", None)
-        _check_unique(parquet.schema_arrow.names)
+            problem = f"The file is not a readable Parquet file ({exc})."
+            raise _malformed("malformed_parquet", problem) from None
+        _check_unique(parquet.schema_arrow.names, "malformed_parquet")
         row = 0
         try:
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
@@ -303,7 +278,8 @@ def _parquet_rows(reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, 
                     row += 1
                     yield record, None
         except (pyarrow.ArrowException, OSError) as exc:
-            raise _malformed_parquet(f"Rows from {row + 1} on cannot be read ({exc}).", row + 1)
+            problem = f"Rows from {row + 1} on cannot be read ({exc})."
+            raise _malformed("malformed_parquet", problem, row=row + 1) from None
     finally:
         if data is not src:
             data.close()
@@ -326,24 +302,16 @@ def _hashed_seekable(reader: _HashingReader, src: BinaryIO) -> BinaryIO:
     return data
 
 
-def _check_unique(names: list[str]) -> None:
-    """Refuse a Parquet schema that names a column twice."""
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+def _check_unique(names: list[str], code: str) -> None:
+    """Refuse a header or schema that names a column twice."""
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
-        raise _malformed_parquet(
-            f"The schema names {', '.join(map(repr, duplicates))} more than once; "
+        raise DataFileError(
+            code,
+            f"The columns {', '.join(map(repr, duplicates))} appear more than once; "
             "give every column a distinct name.",
-            None,
+            {"columns": duplicates},
         )
-
-
-def _malformed_parquet(problem: str, row: int | None) -> DataFileError:
-    """Build the error for a Parquet file pyarrow cannot read."""
-    return DataFileError(
-        "malformed_parquet",
-        f"{problem} Write the file again with pyarrow or pandas (DataFrame.to_parquet).",
-        {"row": row} if row is not None else {},
-    )
 
 
 def _check_columns(first: Row, text_column: str, label_column: str | None) -> None:
@@ -359,64 +327,46 @@ def _check_columns(first: Row, text_column: str, label_column: str | None) -> No
             )
 
 
-def _where(row: int, line: int | None) -> str:
-    """Name a row for a message, with its line when the file has lines."""
-    return f"Row {row}" if line is None or line == row else f"Row {row} (line {line})"
-
-
-def _row_details(row: int, line: int | None, column: str, **extra: Any) -> dict[str, Any]:
-    """Return the details of an error about one cell."""
+def _cell_error(
+    code: str, problem: str, row: int, line: int | None, column: str, **extra: Any
+) -> DataFileError:
+    """Build the error for one cell, naming its row (and line, where the file has lines)."""
+    where = f"Row {row}" if line is None or line == row else f"Row {row} (line {line})"
     details: dict[str, Any] = {"row": row, "column": column, **extra}
     if line is not None:
         details["line"] = line
-    return details
+    return DataFileError(code, f"{where}: column '{column}' {problem}", details)
 
 
 def _row_text(raw: Row, row: int, line: int | None, column: str) -> str:
     """Return the row's text, refusing a missing, blank or structured value."""
     value = raw.get(column)
     if isinstance(value, (list, tuple, dict)):
-        raise DataFileError(
-            "bad_text",
-            f"{_where(row, line)}: column '{column}' holds a list or object; "
-            "the text must be a single string.",
-            _row_details(row, line, column),
-        )
+        problem = "holds a list or object; the text must be a single string."
+        raise _cell_error("bad_text", problem, row, line, column)
     text = _to_text(value)
     if text is None or not text.strip():
-        raise DataFileError(
-            "empty_text",
-            f"{_where(row, line)}: column '{column}' is missing or blank; "
-            "fill in the text or remove the row.",
-            _row_details(row, line, column),
-        )
+        problem = "is missing or blank; fill in the text or remove the row."
+        raise _cell_error("empty_text", problem, row, line, column)
     return text
 
 
 def _row_label(raw: Row, row: int, line: int | None, column: str, max_chars: int) -> str:
     """Return the row's label, stripped, refusing a missing, structured or overlong value."""
     value = raw.get(column)
-    where = f"{_where(row, line)}: column '{column}'"
     if isinstance(value, (list, tuple, dict)):
-        raise DataFileError(
-            "bad_label",
-            f"{where} holds a list or object; give one label per row, as a string or number.",
-            _row_details(row, line, column),
-        )
+        problem = "holds a list or object; give one label per row, as a string or number."
+        raise _cell_error("bad_label", problem, row, line, column)
     label = (_to_text(value) or "").strip()
     if not label:
-        raise DataFileError(
-            "bad_label",
-            f"{where} has no label; label every row, or upload without a label_column.",
-            _row_details(row, line, column),
-        )
+        problem = "has no label; label every row, or upload without a label_column."
+        raise _cell_error("bad_label", problem, row, line, column)
     if len(label) > max_chars:
-        raise DataFileError(
-            "bad_label",
-            f"{where} holds a {len(label)}-character label; labels may have at most "
-            f"{max_chars} characters. Is label_column pointing at the text? {_MAPPING_HINT}",
-            _row_details(row, line, column, length=len(label), max_chars=max_chars),
+        problem = (
+            f"holds a {len(label)}-character label; labels may have at most {max_chars} "
+            f"characters. Is label_column pointing at the text? {_MAPPING_HINT}"
         )
+        raise _cell_error("bad_label", problem, row, line, column, max_chars=max_chars)
     return label
 
 
@@ -434,28 +384,13 @@ def _to_text(value: Any) -> str | None:
     return str(value)
 
 
-def _canonical_line(
-    raw: Row, columns: dict[str, None], text_column: str, text: str,
-    label_column: str | None, label: str | None,
-) -> str:
+def _canonical_line(raw: Row, columns: dict[str, None], checked: dict[str, str]) -> str:
     """Return one canonical JSON line: every column seen so far, values as strings or null."""
     out: dict[str, str | None] = dict.fromkeys(columns)
     for key, value in raw.items():
         out[key] = _to_text(value)
-    out[text_column] = text
-    if label_column is not None:
-        out[label_column] = label
+    out.update(checked)
     return json.dumps(out, ensure_ascii=False) + "\n"
-
-
-def _not_utf8(exc: _BadBytes, row: int) -> DataFileError:
-    """Build the error for bytes that are not UTF-8, naming the row they fall in."""
-    return DataFileError(
-        "not_utf8",
-        f"Line {exc.line} (around data row {row}, byte {exc.offset}) is not valid UTF-8. "
-        "Save the file with UTF-8 encoding and upload it again.",
-        {"row": row, "line": exc.line, "byte_offset": exc.offset},
-    )
 
 
 class _Stats:

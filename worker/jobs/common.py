@@ -6,6 +6,7 @@ from pathlib import Path
 
 from db.models import Dataset, ModelArtifact
 from db.services.registry import resolve_model
+from worker.catalog import ModelRefError, resolve_unregistered
 from worker.errors import PermanentJobError
 from worker.lifecycle import JobContext
 
@@ -27,7 +28,10 @@ def resolve_model_path(context: JobContext, ref: str) -> tuple[str, ModelArtifac
         artifact = resolve_model(session, context.job.tenant_id, ref)
     if artifact is not None:
         return artifact.path, artifact
-    return ref, None
+    try:
+        return resolve_unregistered(ref, hub_enabled=context.settings.hub_enabled), None
+    except ModelRefError as exc:
+        raise PermanentJobError(exc.message, code=exc.code) from None
 
 
 def job_dir(context: JobContext, area: str) -> Path:

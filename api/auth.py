@@ -1,0 +1,35 @@
+"""Bearer-token authentication; every query is then scoped to `g.tenant_id`."""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+
+from db.errors import Unauthorized
+from db.services.tenants import authenticate
+
+PUBLIC_ENDPOINTS = {"health.healthz", "health.openapi", "static"}
+
+
+def register(app: Flask) -> None:
+    """Require a valid token on every /api/v1 endpoint but the public ones."""
+
+    @app.before_request
+    def _require_token():
+        from api import API_PREFIX, db_session
+
+        if not request.path.startswith(API_PREFIX) or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise Unauthorized("send 'Authorization: Bearer <token>'; `nightshift token create` makes one")
+        token = authenticate(db_session(), raw.strip())
+        if token is None:
+            raise Unauthorized("the bearer token is unknown or revoked", code="invalid_token")
+        g.tenant_id = token.tenant_id
+        return None
+
+
+def tenant_id() -> int:
+    """Return the authenticated tenant's id."""
+    return g.tenant_id

@@ -1,0 +1,112 @@
+"""Dataset upload, listing, stats and deletion."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request
+
+from api import db_session, services
+from api.auth import tenant_id
+from api.openapi import spec
+from api.schemas import DatasetList, DatasetOut
+from db.errors import InvalidInput
+from db.models import Dataset
+from db.services.datasets import delete_dataset, get_dataset, list_datasets
+from worker.datafiles import DataFileError, detect_format, ingest
+
+bp = Blueprint("datasets", __name__)
+
+UPLOAD_FIELDS = {
+    "file": "CSV, TSV, JSONL or Parquet file.",
+    "name": "Display name (default: the file name).",
+    "text_column": "Column holding the text (default `text`).",
+    "label_column": "Column holding the label; omit for unlabelled data.",
+    "format": "csv | tsv | jsonl | parquet (default: from the file name).",
+}
+
+
+@bp.post("/datasets")
+@spec("Upload a dataset", response=DatasetOut, status=201, multipart=UPLOAD_FIELDS)
+def upload_dataset():
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidInput("send the file as multipart/form-data in a field named 'file'", code="file_missing")
+    form = request.form
+    text_column = form.get("text_column", "text").strip() or "text"
+    label_column = form.get("label_column", "").strip() or None
+    name = (form.get("name") or Path(upload.filename or "dataset").name)[:200]
+    try:
+        fmt = detect_format(upload.filename, form.get("format") or None)
+    except DataFileError as exc:
+        raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
+    dataset = _store(upload, name=name, fmt=fmt, text_column=text_column, label_column=label_column)
+    return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json")), 201
+
+
+def _store(upload, *, name: str, fmt: str, text_column: str, label_column: str | None) -> Dataset:
+    """Ingest to a temporary file, rename it, then commit the row; remove the file on any failure."""
+    directory = Path(services().settings.data_dir).resolve() / "datasets"
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{uuid.uuid4().hex}.jsonl"  # server-generated: the client's filename never reaches disk
+    temporary = final.with_suffix(".part")
+    try:
+        result = ingest(upload.stream, fmt=fmt, dest=temporary, text_column=text_column, label_column=label_column)
+        size = _position(upload.stream)
+        os.replace(temporary, final)
+    except DataFileError as exc:
+        raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    try:
+        session = db_session()
+        dataset = Dataset(
+            tenant_id=tenant_id(), name=name, format=fmt, text_column=text_column, label_column=label_column,
+            columns=result.columns, row_count=result.row_count, size_bytes=size,
+            sha256=result.sha256, path=str(final), stats=result.stats,
+        )
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+    return dataset
+
+
+def _position(stream) -> int:
+    try:
+        return stream.tell()
+    except (OSError, AttributeError):
+        return request.content_length or 0
+
+
+@bp.get("/datasets")
+@spec("List datasets, newest first", response=DatasetList)
+def list_all():
+    cursor = request.args.get("cursor", type=int)
+    limit = min(request.args.get("limit", default=50, type=int), 200)
+    items = list_datasets(db_session(), tenant_id(), before_id=cursor, limit=limit)
+    body = DatasetList(
+        items=[DatasetOut.model_validate(d) for d in items],
+        next_cursor=items[-1].id if len(items) == limit else None,
+    )
+    return jsonify(body.model_dump(mode="json"))
+
+
+@bp.get("/datasets/<int:dataset_id>")
+@spec("Get a dataset with its stats", response=DatasetOut)
+def get_one(dataset_id: int):
+    dataset = get_dataset(db_session(), tenant_id(), dataset_id)
+    return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json"))
+
+
+@bp.delete("/datasets/<int:dataset_id>")
+@spec("Delete a dataset (refused while an unfinished job reads it)", status=204)
+def delete_one(dataset_id: int):
+    session = db_session()
+    dataset = delete_dataset(session, tenant_id(), dataset_id)
+    session.commit()
+    Path(dataset.path).unlink(missing_ok=True)
+    return "", 204

@@ -1,0 +1,62 @@
+"""One JSON error body for every failure: `{"error": {"code", "message", "details"}}`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from db.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, details=None):
+    """Return a Flask response carrying the standard error body."""
+    body = {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
+    return jsonify(body), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every exception through `error_response`."""
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError):
+        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError):
+        fields = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"],
+             "input": _short(err.get("input"))}
+            for err in exc.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        return error_response(422, "invalid_input", f"invalid request: {summary}", {"fields": fields})
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc):
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error_response(
+            413, "upload_too_large",
+            f"the upload is larger than the {limit} byte limit (NIGHTSHIFT_MAX_UPLOAD_BYTES); split the file",
+            {"limit_bytes": limit},
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "the server failed; the error was logged")
+
+
+def _short(value):
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value if not isinstance(value, str) else value[:200]
+    return str(value)[:200]

@@ -1,0 +1,188 @@
+"""Request and response schemas of the HTTP API, declared once for validation and OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel
+
+from worker.params import BatchInferenceParams, EvaluateParams, FinetuneParams
+
+UtcDatetime = Annotated[
+    datetime,
+    PlainSerializer(lambda d: d.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z"), return_type=str),
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# -- errors ------------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# -- datasets ----------------------------------------------------------------------------------
+class DatasetOut(_Out):
+    id: int
+    name: str
+    format: str
+    text_column: str
+    label_column: str | None
+    columns: list[str]
+    row_count: int
+    size_bytes: int
+    sha256: str
+    stats: dict[str, Any]
+    created_at: UtcDatetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: int | None
+
+
+# -- jobs --------------------------------------------------------------------------------------
+class _JobIn(_In):
+    task: Literal["text-classification"] = "text-classification"
+    priority: int = Field(default=5, ge=0, le=9, description="0 (low) to 9 (high).")
+    max_attempts: int | None = Field(default=None, ge=1, le=20, description="Default from settings.")
+
+
+class FinetuneJobIn(_JobIn):
+    kind: Literal["finetune"]
+    params: FinetuneParams
+
+
+class EvaluateJobIn(_JobIn):
+    kind: Literal["evaluate"]
+    params: EvaluateParams
+
+
+class BatchInferenceJobIn(_JobIn):
+    kind: Literal["batch_inference"]
+    params: BatchInferenceParams
+
+
+class JobIn(RootModel[Annotated[FinetuneJobIn | EvaluateJobIn | BatchInferenceJobIn, Field(discriminator="kind")]]):
+    """A job submission: `kind` selects the schema of `params`."""
+
+
+class Progress(BaseModel):
+    fraction: float
+    stage: str | None
+    done: int | None
+    total: int | None
+    eta_seconds: float | None
+
+
+class JobOut(_Out):
+    id: int
+    kind: str
+    task: str
+    status: str
+    params: dict[str, Any]
+    priority: int
+    queue: str
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    progress: Progress
+    error: ErrorDetail | None
+    result: dict[str, Any]
+    model_artifact_id: int | None
+    idempotency_key: str | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    updated_at: UtcDatetime
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: int | None
+
+
+class JobListQuery(_In):
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    kind: Literal["finetune", "evaluate", "batch_inference"] | None = None
+    cursor: int | None = Field(default=None, ge=1, description="`next_cursor` of the previous page.")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class EventOut(_Out):
+    id: int
+    created_at: UtcDatetime
+    type: str
+    level: str
+    message: str
+    step: int | None
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+    next_cursor: int = Field(description="Pass as `after` to get only newer events.")
+
+
+class EventQuery(_In):
+    after: int = Field(default=0, ge=0, description="Return events with id above this.")
+    type: Literal["log", "metric", "status", "rescue"] | None = None
+    limit: int = Field(default=500, ge=1, le=5000)
+
+
+# -- models and evaluations --------------------------------------------------------------------
+class ModelOut(_Out):
+    id: int
+    name: str
+    version: int
+    task: str
+    base_model: str
+    label_names: list[str]
+    source_job_id: int | None
+    metrics: dict[str, Any]
+    created_at: UtcDatetime
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+
+
+class EvaluationOut(_Out):
+    id: int
+    model_artifact_id: int | None
+    model_ref: str
+    dataset_id: int | None
+    job_id: int | None
+    split: str
+    metrics: dict[str, Any]
+    created_at: UtcDatetime
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str
+    redis: str
+
+
+def job_out(job) -> dict[str, Any]:
+    """Serialise a Job row."""
+    progress = Progress(
+        fraction=job.progress_fraction, stage=job.progress_stage, done=job.progress_done,
+        total=job.progress_total, eta_seconds=job.eta_seconds,
+    )
+    error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    data = {c: getattr(job, c) for c in JobOut.model_fields if hasattr(job, c) and c not in ("progress", "error")}
+    return JobOut(progress=progress, error=error, **data).model_dump(mode="json")
