@@ -38,11 +38,11 @@ app = make_celery(Settings.from_env())
 
 
 @worker_process_init.connect
-def _reset_engine(**_kwargs) -> None:
-    # A forked child must not share the parent's database connections.
+def _init_process(**_kwargs) -> None:
     from worker import state
 
-    state.reset()
+    state.reset()  # a forked child must not share the parent's database connections
+    state.configure_offline()
 
 
 @beat_init.connect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,3 +26,10 @@ def session_factory() -> sessionmaker[Session]:
 def reset() -> None:
     """Forget per-process resources (after fork)."""
     session_factory.cache_clear()
+
+
+def configure_offline() -> None:
+    """Keep Hugging Face libraries off the network unless hub downloads are enabled."""
+    if not settings().hub_enabled:
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(name, "1")

