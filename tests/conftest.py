@@ -29,9 +29,8 @@ def _unavailable(message: str):
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """Create a throwaway PostgreSQL database for this test session."""
+def create_postgres_database() -> str:
+    """Create an empty, migrated PostgreSQL database; return its URL (skip or fail if no server)."""
     import psycopg
 
     plain = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
@@ -41,12 +40,26 @@ def postgres_url():
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         _unavailable(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
-    url = f"{base}/{name}"
+    url = f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
     upgrade(url)
-    yield url
+    return url
+
+
+def drop_postgres_database(url: str) -> None:
+    """Drop a database made by `create_postgres_database`."""
+    import psycopg
+
+    plain = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL database for this test session."""
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,285 @@
+"""The `nightshift` command: run the stack, run the demo, and talk to the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from worker.config import Settings, describe
+
+TOKEN_FILE = "token"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    from api.client import ApiError
+
+    try:
+        return args.func(args) or 0
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nightshift", description=__doc__)
+    sub = parser.add_subparsers(metavar="COMMAND")
+    up = sub.add_parser("up", help="start Redis (embedded unless NIGHTSHIFT_REDIS_URL), API, worker and beat")
+    up.set_defaults(func=cmd_up)
+    demo = sub.add_parser("demo", help="start the stack and run the main job: fine-tune, evaluate, batch-classify")
+    demo.add_argument("--base-model", default="all-MiniLM-L6-v2", help="registered name, local dir or packaged model")
+    demo.add_argument("--epochs", type=float, default=2.0)
+    demo.add_argument("--exit", action="store_true", help="stop the stack when the demo is done")
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("config", help="print every setting with its default").set_defaults(func=cmd_config)
+    token = sub.add_parser("token", help="create an API token for a tenant")
+    token.add_argument("--tenant", default="default")
+    token.set_defaults(func=cmd_token)
+    _client_commands(sub)
+    return parser
+
+
+def _client_commands(sub) -> None:
+    upload = sub.add_parser("upload", help="upload a dataset file")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--text-column", default="text")
+    upload.add_argument("--label-column")
+    upload.add_argument("--name")
+    upload.set_defaults(func=cmd_upload)
+    submit = sub.add_parser("submit", help="submit a job: nightshift submit finetune base_model=... train_dataset_id=1")
+    submit.add_argument("kind", choices=["finetune", "evaluate", "batch_inference"])
+    submit.add_argument("params", nargs="*", help="key=value (values parsed as JSON when they can be)")
+    submit.add_argument("--wait", action="store_true")
+    submit.set_defaults(func=cmd_submit)
+    for name, helptext in (("status", "show a job"), ("watch", "follow a job's events until it ends"),
+                           ("cancel", "cancel a job")):
+        command = sub.add_parser(name, help=helptext)
+        command.add_argument("job_id", type=int)
+        command.set_defaults(func=globals()[f"cmd_{name}"])
+    jobs = sub.add_parser("jobs", help="list jobs")
+    jobs.add_argument("--status")
+    jobs.set_defaults(func=cmd_jobs)
+    output = sub.add_parser("output", help="download a batch job's predictions")
+    output.add_argument("job_id", type=int)
+    output.add_argument("-o", "--out", type=Path, required=True)
+    output.set_defaults(func=cmd_output)
+
+
+# -- running the system -----------------------------------------------------------------------
+def cmd_migrate(_args) -> int:
+    from db.migrate import upgrade
+
+    settings = Settings.from_env()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    print(f"database at {settings.database_url} is up to date")
+    return 0
+
+
+def cmd_config(_args) -> int:
+    for name, default, helptext in describe():
+        print(f"{name}={default}    # {helptext}")
+    return 0
+
+
+def cmd_token(args) -> int:
+    from db.services.tenants import get_or_create_tenant, issue_token
+    from db.session import make_engine, make_session_factory
+
+    settings = Settings.from_env()
+    factory = make_session_factory(make_engine(settings.database_url))
+    with factory() as session, session.begin():
+        print(issue_token(session, get_or_create_tenant(session, args.tenant)))
+    return 0
+
+
+def cmd_up(_args) -> int:
+    stack, settings, token = _start_stack()
+    _print_endpoints(settings, token)
+    print("Ctrl-C stops everything.")
+    return _serve_until_interrupted(stack)
+
+
+def _start_stack():
+    from api.stack import Stack
+
+    settings = Settings.from_env()
+    stack = Stack(settings)
+    print(f"starting Nightshift in {Path(settings.data_dir).resolve()} ...", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
+    try:
+        _wait_for_api(settings, stack)
+        token = ensure_local_token(settings)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack, settings, token
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the stack the same way Ctrl-C does
+
+
+def _wait_for_api(settings: Settings, stack, timeout: float = 60.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.dead():
+            raise SystemExit(f"{stack.dead()} exited at start; see {stack.log_dir}")
+        try:
+            if requests.get(settings.base_url + "/api/v1/healthz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the API did not become healthy within {timeout:.0f}s; see {stack.log_dir}")
+
+
+def ensure_local_token(settings: Settings) -> str:
+    """Return the local admin token kept in the data dir, creating tenant and token once."""
+    from db.services.tenants import authenticate, get_or_create_tenant, issue_token
+    from db.session import make_engine, make_session_factory
+
+    path = Path(settings.data_dir) / TOKEN_FILE
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    with factory() as session, session.begin():
+        raw = path.read_text().strip() if path.exists() else ""
+        if not raw or authenticate(session, raw) is None:
+            raw = issue_token(session, get_or_create_tenant(session, "default"), name="local")
+            path.touch(mode=0o600)
+            path.write_text(raw + "\n")
+    engine.dispose()
+    return raw
+
+
+def _serve_until_interrupted(stack) -> int:
+    try:
+        while not stack.dead():
+            time.sleep(1)
+        print(f"a process exited: {stack.dead()}; stopping (logs in {stack.log_dir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+        return 0
+    finally:
+        stack.stop()
+
+
+def _print_endpoints(settings: Settings, token: str) -> None:
+    print(f"API        {settings.base_url}/api/v1   (OpenAPI: {settings.base_url}/api/v1/openapi.json)")
+    print(f"token      {token}   (also in {Path(settings.data_dir).resolve() / TOKEN_FILE})")
+    print(f"database   {settings.database_url}")
+    print(f"redis      {settings.redis_url}")
+    print(f"logs       {Path(settings.data_dir).resolve() / 'logs'}")
+
+
+def cmd_demo(args) -> int:
+    from api.demo_run import run_demo
+
+    stack, settings, token = _start_stack()
+    try:
+        run_demo(settings, token, base_model=args.base_model, epochs=args.epochs)
+        _print_endpoints(settings, token)
+    except BaseException:
+        stack.stop()
+        raise
+    if args.exit:
+        stack.stop()
+        return 0
+    print("The stack keeps running for you to explore; Ctrl-C stops it.")
+    return _serve_until_interrupted(stack)
+
+
+# -- talking to a running API -----------------------------------------------------------------
+def _client():
+    from api.client import Client
+
+    settings = Settings.from_env()
+    token = settings.token or _read_token(settings)
+    return Client(settings.base_url, token)
+
+
+def _read_token(settings: Settings) -> str:
+    path = Path(settings.data_dir) / TOKEN_FILE
+    if not path.exists():
+        raise SystemExit("no token: set NIGHTSHIFT_TOKEN, or run `nightshift up` once to create one")
+    return path.read_text().strip()
+
+
+def _print(data) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def cmd_upload(args) -> int:
+    _print(_client().upload_dataset(args.file, text_column=args.text_column, label_column=args.label_column,
+                                    name=args.name))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    params = {}
+    for item in args.params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"parameter '{item}' is not key=value")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    client = _client()
+    job = client.submit(args.kind, params)
+    if args.wait:
+        job = client.wait(job["id"], on_event=lambda e: print(f"  {e['type']:7} {e['message']} {e['data'] or ''}"))
+    _print(job)
+    return 0 if job["status"] != "failed" else 1
+
+
+def cmd_status(args) -> int:
+    _print(_client().job(args.job_id))
+    return 0
+
+
+def cmd_watch(args) -> int:
+    job = _client().wait(args.job_id, on_event=lambda e: print(f"{e['created_at']} {e['type']:7} {e['message']} "
+                                                             f"{e['data'] or ''}"))
+    print(f"job {job['id']} {job['status']}")
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_cancel(args) -> int:
+    _print(_client().request("POST", f"/jobs/{args.job_id}/cancel"))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    page = _client().request("GET", "/jobs", params={"status": args.status} if args.status else None)
+    for job in page["items"]:
+        progress = job["progress"]
+        print(f"{job['id']:>6}  {job['kind']:16} {job['status']:10} {progress['fraction']:>6.1%}  "
+              f"{progress['stage'] or ''}")
+    return 0
+
+
+def cmd_output(args) -> int:
+    print(_client().download_output(args.job_id, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

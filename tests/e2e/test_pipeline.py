@@ -1,0 +1,145 @@
+"""HTTP -> Redis -> a real Celery worker process -> database -> output files, on both backends."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+
+import pytest
+from sqlalchemy import select
+
+from db.models import Job, JobEvent
+from db.session import make_engine, make_session_factory
+from worker.celery_app import make_celery
+
+pytestmark = pytest.mark.slow
+
+POSITIVE = "good great lovely excellent superb wonderful happy fine".split()
+NEGATIVE = "bad awful terrible poor horrible sad broken nasty".split()
+
+
+def write_reviews(path, rows: int, *, seed: int, labelled: bool = True):
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "label"] if labelled else ["id", "text"])
+        for i in range(rows):
+            label = rng.choice(["pos", "neg"])
+            words = rng.choices(POSITIVE if label == "pos" else NEGATIVE, k=rng.randint(2, 12))
+            text = " ".join(words) if not (not labelled and i % 97 == 5) else " "
+            writer.writerow([f"r{i}", text, label] if labelled else [f"r{i}", text])
+    return path
+
+
+def wait_until(predicate, *, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting until {message}")
+
+
+@pytest.fixture(scope="module")
+def trained(system, tiny_model, tmp_path_factory):
+    """Upload data and fine-tune the tiny model once per backend."""
+    client, _settings, _stack = system
+    folder = tmp_path_factory.mktemp("data")
+    train = client.upload_dataset(write_reviews(folder / "train.csv", 160, seed=1), text_column="text",
+                                  label_column="label")
+    job = client.submit("finetune", {
+        "base_model": str(tiny_model), "train_dataset_id": train["id"], "max_steps": 30, "batch_size": 8,
+        "learning_rate": 5e-3, "logging_steps": 5, "save_steps": 10, "model_name": "tiny-sentiment",
+        "max_length": 32,
+    })
+    return client, client.wait(job["id"], timeout=240), train
+
+
+def test_finetune_registers_a_model_with_its_evaluation(trained):
+    client, job, _train = trained
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
+    assert job["result"]["model"] == "tiny-sentiment:1"
+    models = client.request("GET", "/models/tiny-sentiment")["items"]
+    assert [(m["version"], sorted(m["label_names"])) for m in models] == [(1, ["neg", "pos"])]
+    evaluation = client.request("GET", f"/evaluations/{job['result']['evaluation_id']}")
+    metrics = evaluation["metrics"]
+    assert set(metrics) >= {"accuracy", "f1_macro", "precision_weighted", "per_class", "confusion_matrix"}
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["support"] == 16
+    events = client.request("GET", f"/jobs/{job['id']}/events", params={"type": "metric"})["items"]
+    assert any("loss" in e["data"] for e in events) and any("learning_rate" in e["data"] for e in events)
+
+
+def test_evaluate_job_scores_a_registered_model(trained, tmp_path):
+    client, _job, _train = trained
+    data = client.upload_dataset(write_reviews(tmp_path / "eval.csv", 60, seed=7), text_column="text",
+                                 label_column="label")
+    job = client.wait(client.submit("evaluate", {"model": "tiny-sentiment", "dataset_id": data["id"]})["id"],
+                      timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    evaluation = client.request("GET", f"/evaluations/{job['result']['evaluation_id']}")
+    assert evaluation["dataset_id"] == data["id"] and evaluation["metrics"]["support"] == 60
+
+
+def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_path):
+    client, _job, _train = trained
+    docs = client.upload_dataset(write_reviews(tmp_path / "docs.csv", 700, seed=3, labelled=False),
+                                 text_column="text")
+    job = client.submit("batch_inference", {"model": "tiny-sentiment", "dataset_id": docs["id"], "chunk_rows": 128})
+    job = client.wait(job["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["done"] == job["progress"]["total"] == 700
+    predictions = [json.loads(line) for line in client.download_output(job["id"], tmp_path / "p.jsonl").open()]
+    errors = [json.loads(line) for line in client.download_output(job["id"], tmp_path / "e.jsonl", errors=True).open()]
+    empty_rows = [i for i in range(700) if i % 97 == 5]
+    assert [e["row"] for e in errors] == empty_rows
+    assert [p["row"] for p in predictions] == [i for i in range(700) if i not in empty_rows]
+    first = predictions[0]
+    assert first["id"] == "r0" and first["label"] in ("neg", "pos")
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-4 and first["score"] == max(first["probabilities"].values())
+
+
+def test_duplicate_delivery_of_one_message_runs_the_job_once(trained, system, tmp_path):
+    client, settings, _stack = system
+    data = client.upload_dataset(write_reviews(tmp_path / "dup.csv", 40, seed=9), text_column="text",
+                                 label_column="label")
+    job = client.submit("evaluate", {"model": "tiny-sentiment", "dataset_id": data["id"]})
+    celery = make_celery(settings)
+    for _ in range(2):  # the same wake-up call delivered twice more
+        celery.send_task("jobs.evaluate", args=[job["id"]], queue=job["queue"])
+    job = client.wait(job["id"], timeout=120)
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    factory = make_session_factory(make_engine(settings.database_url))
+    wait_until(lambda: _queue_empty(celery, job["queue"]), timeout=60, message="the duplicates are consumed")
+    with factory() as session:
+        starts = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job["id"], JobEvent.message.like("attempt % started%"))
+        ).all()
+        assert len(starts) == 1 and session.get(Job, job["id"]).epoch == 1
+
+
+def _queue_empty(celery, queue: str) -> bool:
+    with celery.connection_for_write() as conn:
+        return conn.default_channel.client.llen(queue) == 0 and not conn.default_channel.client.hlen("unacked")
+
+
+def test_cancel_stops_a_running_job_and_a_queued_one_never_starts(trained, system, tiny_model):
+    client, _job, train = trained
+    celery = make_celery(system[1])
+    running = client.submit("finetune", {
+        "base_model": str(tiny_model), "train_dataset_id": train["id"], "max_steps": 100_000, "batch_size": 4,
+        "logging_steps": 50, "save_steps": 100_000, "max_length": 32,
+    })
+    queued = client.submit("evaluate", {"model": "tiny-sentiment", "dataset_id": train["id"]})
+    wait_until(lambda: (client.job(running["id"])["progress"]["done"] or 0) > 0, timeout=120,
+               message="the long fine-tune is training")
+    assert client.request("POST", f"/jobs/{queued['id']}/cancel")["status"] == "cancelled"
+    client.request("POST", f"/jobs/{running['id']}/cancel")
+    stopped = client.wait(running["id"], timeout=60, poll=0.2)
+    assert stopped["status"] == "cancelled" and stopped["progress"]["done"] < 100_000
+    wait_until(lambda: _queue_empty(celery, queued["queue"]), timeout=60, message="the queued message is consumed")
+    never = client.job(queued["id"])
+    assert never["status"] == "cancelled" and never["attempts"] == 0 and never["started_at"] is None
