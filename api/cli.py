@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", action="store_true", help="stop the stack when the demo is done")
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("api", help="serve the API with gunicorn").set_defaults(func=cmd_component, component="api")
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="gpu,cpu", help="comma-separated queues (gpu, cpu)")
+    worker.add_argument("--name", default="worker")
+    worker.set_defaults(func=cmd_component, component="worker")
+    sub.add_parser("beat", help="run beat with the outbox relay and the sweeper").set_defaults(
+        func=cmd_component, component="beat")
     sub.add_parser("config", help="print every setting with its default").set_defaults(func=cmd_config)
     token = sub.add_parser("token", help="create an API token for a tenant")
     token.add_argument("--tenant", default="default")
@@ -86,6 +93,18 @@ def cmd_migrate(_args) -> int:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     print(f"database at {settings.database_url} is up to date")
+    return 0
+
+
+def cmd_component(args) -> int:
+    from api.stack import api_command, beat_command, worker_command
+
+    settings = Settings.from_env()
+    if args.component == "worker":
+        command = worker_command(settings, queues=args.queues, name=args.name)
+    else:
+        command = {"api": api_command, "beat": beat_command}[args.component](settings)
+    os.execv(command[0], command)  # replace this process: signals reach the server directly
     return 0
 
 
