@@ -14,13 +14,14 @@ import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet"} | {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"
+EXTENSION_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
 }
 MAX_FIELD_CHARS = 64 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -57,7 +58,7 @@ class IngestResult:
     row_count: int
     sha256: str
     columns: list[str]
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any]
 
 
 def detect_format(filename: str | None, declared: str | None) -> str:
@@ -79,12 +80,7 @@ def detect_format(filename: str | None, declared: str | None) -> str:
 
 
 def ingest(
-    src: BinaryIO,
-    *,
-    fmt: str,
-    dest: Path,
-    text_column: str,
-    label_column: str | None,
+    src: BinaryIO, *, fmt: str, dest: Path, text_column: str, label_column: str | None,
     max_label_chars: int = 200,
 ) -> IngestResult:
     """Validate an upload row by row and write it to dest as canonical JSON Lines.
@@ -93,13 +89,12 @@ def ingest(
     """
     reader = _HashingReader(src)
     rows = _open_rows(fmt, reader, src)
-    stats = _Stats(labelled=label_column is not None)
+    stats = _Stats(text_column, label_column)
     columns: dict[str, None] = {}
     count = 0
     with open(dest, "w", encoding="utf-8", newline="\n") as out:
         try:
-            for raw, line in rows:
-                count += 1
+            for count, (raw, line) in enumerate(rows, 1):
                 if count == 1:
                     _check_columns(raw, text_column, label_column)
                 for key in raw:
@@ -110,7 +105,7 @@ def ingest(
                         raw, count, line, label_column, max_label_chars
                     )
                 out.write(_canonical_line(raw, columns, checked))
-                stats.add(checked[text_column], checked.get(label_column))
+                stats.add(checked)
         except _BadBytes as exc:
             line, offset = exc.args
             problem = f"Line {line} (near data row {count + 1}, byte {offset}) is not UTF-8."
@@ -213,7 +208,7 @@ def _csv_rows(lines: Iterable[str], delimiter: str) -> Iterator[tuple[Row, int]]
             continue
         row += 1
         if len(record) != len(header):
-            problem = f"Row {row} (line {line}) has {len(record)} fields, the header {len(header)}."
+            problem = f"Row {row} (line {line}) has {len(record)} fields, not {len(header)}."
             raise _malformed("malformed_csv", problem, row=row, line=line)
         yield dict(zip(header, record)), line
 
@@ -396,14 +391,16 @@ def _canonical_line(raw: Row, columns: dict[str, None], checked: dict[str, str])
 class _Stats:
     """Accumulate label counts and a histogram of text lengths, row by row."""
 
-    def __init__(self, labelled: bool) -> None:
+    def __init__(self, text_column: str, label_column: str | None) -> None:
+        self._text_column = text_column
+        self._label_column = label_column
         self._lengths: Counter[int] = Counter()
-        self._labels: Counter[str] | None = Counter() if labelled else None
+        self._labels: Counter[str] | None = Counter() if label_column is not None else None
 
-    def add(self, text: str, label: str | None) -> None:
-        self._lengths[len(text)] += 1
-        if self._labels is not None and label is not None:
-            self._labels[label] += 1
+    def add(self, checked: dict[str, str]) -> None:
+        self._lengths[len(checked[self._text_column])] += 1
+        if self._labels is not None:
+            self._labels[checked[self._label_column]] += 1
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
