@@ -10,8 +10,8 @@ from flask import Blueprint, jsonify, request
 
 from api import db_session, services
 from api.auth import tenant_id
-from api.openapi import spec
-from api.schemas import DatasetList, DatasetOut
+from api.openapi import parse_query, spec
+from api.schemas import DatasetList, DatasetListQuery, DatasetOut
 from db.errors import InvalidInput
 from db.models import Dataset
 from db.services.datasets import delete_dataset, get_dataset, list_datasets
@@ -26,6 +26,7 @@ UPLOAD_FIELDS = {
     "label_column": "Column holding the label; omit for unlabelled data.",
     "format": "csv | tsv | jsonl | parquet (default: from the file name).",
 }
+COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
 
 
 @bp.post("/datasets")
@@ -35,15 +36,37 @@ def upload_dataset():
     if upload is None:
         raise InvalidInput("send the file as multipart/form-data in a field named 'file'", code="file_missing")
     form = request.form
-    text_column = form.get("text_column", "text").strip() or "text"
-    label_column = form.get("label_column", "").strip() or None
-    name = (form.get("name") or Path(upload.filename or "dataset").name)[:200]
+    text_column = _form_value(form.get("text_column", "").strip() or "text", "text_column", COLUMN_NAME_MAX_CHARS)
+    label_column = _form_value(form.get("label_column", "").strip() or None, "label_column", COLUMN_NAME_MAX_CHARS)
+    name = _form_value((form.get("name") or Path(upload.filename or "dataset").name)[:200], "name")
     try:
         fmt = detect_format(upload.filename, form.get("format") or None)
     except DataFileError as exc:
         raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
     dataset = _store(upload, name=name, fmt=fmt, text_column=text_column, label_column=label_column)
     return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json")), 201
+
+
+def _form_value(value: str | None, field: str, max_chars: int | None = None) -> str | None:
+    """Refuse a form value the database cannot store: one with a NUL character, or too long."""
+    if value is not None and "\x00" in value:
+        raise InvalidInput(f"{field} contains a NUL character; remove it", details={"field": field})
+    if value is not None and max_chars is not None and len(value) > max_chars:
+        raise InvalidInput(f"{field} is longer than {max_chars} characters; rename the column",
+                           details={"field": field})
+    return value
+
+
+def _check_storable(columns: list[str], labels: dict[str, int]) -> None:
+    """Refuse column names and labels with a NUL character (PostgreSQL cannot store one)."""
+    for column in columns:
+        if "\x00" in column:
+            raise InvalidInput(f"column name {column!r} contains a NUL character; rename the column",
+                               code="bad_column_name", details={"column": column})
+    for label in labels:
+        if "\x00" in label:
+            raise InvalidInput(f"label {label!r} contains a NUL character; remove it from every row",
+                               code="bad_label", details={"label": label})
 
 
 def _store(upload, *, name: str, fmt: str, text_column: str, label_column: str | None) -> Dataset:
@@ -54,7 +77,8 @@ def _store(upload, *, name: str, fmt: str, text_column: str, label_column: str |
     temporary = final.with_suffix(".part")
     try:
         result = ingest(upload.stream, fmt=fmt, dest=temporary, text_column=text_column, label_column=label_column)
-        size = _position(upload.stream)
+        _check_storable(result.columns, result.stats.get("label_distribution", {}))
+        size = _size(upload.stream)
         os.replace(temporary, final)
     except DataFileError as exc:
         raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
@@ -75,22 +99,22 @@ def _store(upload, *, name: str, fmt: str, text_column: str, label_column: str |
     return dataset
 
 
-def _position(stream) -> int:
+def _size(stream) -> int:
+    """Return the upload's size: its end, not its position (reading Parquet leaves that anywhere)."""
     try:
-        return stream.tell()
+        return stream.seek(0, os.SEEK_END)
     except (OSError, AttributeError):
         return request.content_length or 0
 
 
 @bp.get("/datasets")
-@spec("List datasets, newest first", response=DatasetList)
+@spec("List datasets, newest first", query=DatasetListQuery, response=DatasetList)
 def list_all():
-    cursor = request.args.get("cursor", type=int)
-    limit = min(request.args.get("limit", default=50, type=int), 200)
-    items = list_datasets(db_session(), tenant_id(), before_id=cursor, limit=limit)
+    query = parse_query(DatasetListQuery)
+    items = list_datasets(db_session(), tenant_id(), before_id=query.cursor, limit=query.limit)
     body = DatasetList(
         items=[DatasetOut.model_validate(d) for d in items],
-        next_cursor=items[-1].id if len(items) == limit else None,
+        next_cursor=items[-1].id if len(items) == query.limit else None,
     )
     return jsonify(body.model_dump(mode="json"))
 

@@ -29,8 +29,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):
         fields = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"],
-             "input": _short(err.get("input"))}
+            {"field": _field(err), "message": err["msg"], "input": _short(err.get("input"))}
             for err in exc.errors(include_url=False)
         ]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
@@ -54,6 +53,19 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "the server failed; the error was logged")
+
+
+JOB_KINDS = ("finetune", "evaluate", "batch_inference")
+
+
+def _field(err) -> str:
+    """Name the field of a validation error; a bad or missing union tag names the tag field."""
+    loc = [str(part) for part in err["loc"]]
+    if loc and loc[0] in JOB_KINDS:  # the union's tag adds nothing the user wrote
+        loc = loc[1:]
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append(err["ctx"]["discriminator"].strip("'"))
+    return ".".join(loc) or "body"
 
 
 def _short(value):

@@ -84,9 +84,11 @@ def _operation(rule, meta: dict[str, Any], models: set) -> dict[str, Any]:
         for conv, name in _PATH_PARAM.findall(rule.rule)
     ]
     if meta["query"] is not None:
+        properties = meta["query"].model_json_schema()["properties"]
         for name, field in meta["query"].model_fields.items():
+            schema = {k: v for k, v in properties[name].items() if k not in ("title", "description")}
             params.append({"name": name, "in": "query", "required": field.is_required(),
-                           "description": field.description or "", "schema": {}})
+                           "description": field.description or "", "schema": schema})
     if params:
         operation["parameters"] = params
     if meta["body"] is not None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel
 
+from db.services.ids import MAX_ROW_ID
 from worker.params import BatchInferenceParams, EvaluateParams, FinetuneParams
 
 UtcDatetime = Annotated[
@@ -52,6 +53,11 @@ class DatasetOut(_Out):
 class DatasetList(BaseModel):
     items: list[DatasetOut]
     next_cursor: int | None
+
+
+class DatasetListQuery(_In):
+    cursor: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="`next_cursor` of the previous page.")
+    limit: int = Field(default=50, ge=1, le=200)
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -118,7 +124,7 @@ class JobList(BaseModel):
 class JobListQuery(_In):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
     kind: Literal["finetune", "evaluate", "batch_inference"] | None = None
-    cursor: int | None = Field(default=None, ge=1, description="`next_cursor` of the previous page.")
+    cursor: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="`next_cursor` of the previous page.")
     limit: int = Field(default=50, ge=1, le=200)
 
 
@@ -138,7 +144,7 @@ class EventList(BaseModel):
 
 
 class EventQuery(_In):
-    after: int = Field(default=0, ge=0, description="Return events with id above this.")
+    after: int = Field(default=0, ge=0, le=MAX_ROW_ID, description="Return events with id above this.")
     type: Literal["log", "metric", "status", "rescue"] | None = None
     limit: int = Field(default=500, ge=1, le=5000)
 

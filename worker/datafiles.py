@@ -99,7 +99,9 @@ def ingest(
                     _check_columns(raw, text_column, label_column)
                 for key in raw:
                     columns.setdefault(key)
-                checked = {text_column: _row_text(raw, count, line, text_column)}
+                checked = {
+                    text_column: _row_text(raw, count, line, text_column, required=label_column is not None)
+                }
                 if label_column is not None:
                     checked[label_column] = _row_label(
                         raw, count, line, label_column, max_label_chars
@@ -333,13 +335,19 @@ def _cell_error(
     return DataFileError(code, f"{where}: column '{column}' {problem}", details)
 
 
-def _row_text(raw: Row, row: int, line: int | None, column: str) -> str:
-    """Return the row's text, refusing a missing, blank or structured value."""
+def _row_text(raw: Row, row: int, line: int | None, column: str, *, required: bool) -> str:
+    """Return the row's text, refusing a structured value, and a blank one where `required`.
+
+    Training data needs every text; a blank row in data to classify is kept and reported by the
+    batch job in its error file, so one bad row never rejects a 200,000-row upload.
+    """
     value = raw.get(column)
     if isinstance(value, (list, tuple, dict)):
         problem = "holds a list or object; the text must be a single string."
         raise _cell_error("bad_text", problem, row, line, column)
     text = _to_text(value)
+    if (text is None or not text.strip()) and not required:
+        return text or ""
     if text is None or not text.strip():
         problem = "is missing or blank; fill in the text or remove the row."
         raise _cell_error("empty_text", problem, row, line, column)

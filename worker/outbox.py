@@ -14,6 +14,8 @@ from db.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
+# Jobs say 9 = most urgent; kombu's Redis transport serves 0 first.
+CELERY_PRIORITY_MAX = 9
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
 
@@ -43,7 +45,7 @@ def relay_outbox(
                     message.task_name,
                     args=[message.job_id],
                     queue=message.queue,
-                    priority=message.priority,
+                    priority=CELERY_PRIORITY_MAX - message.priority,
                     retry=True,
                     retry_policy=PUBLISH_RETRY_POLICY,
                 )

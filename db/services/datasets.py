@@ -9,11 +9,12 @@ from db.base import utcnow
 from db.enums import TERMINAL_STATUSES
 from db.errors import Conflict, NotFound
 from db.models import Dataset, Job, JobDataset
+from db.services.ids import is_row_id
 
 
 def get_dataset(session: Session, tenant_id: int, dataset_id: int) -> Dataset:
     """Return the tenant's live dataset or raise NotFound."""
-    dataset = session.get(Dataset, dataset_id)
+    dataset = session.get(Dataset, dataset_id) if is_row_id(dataset_id) else None
     if dataset is None or dataset.tenant_id != tenant_id or dataset.deleted_at is not None:
         raise NotFound(f"dataset {dataset_id} not found", code="dataset_not_found")
     return dataset

@@ -12,6 +12,7 @@ from db.base import utcnow
 from db.enums import JobStatus, check_transition
 from db.errors import Conflict, NotFound
 from db.models import Job, JobDataset, JobEvent, OutboxMessage
+from db.services.ids import is_row_id
 
 TASK_NAMES = {
     "finetune": "jobs.finetune",
@@ -39,7 +40,8 @@ def create_job(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
         ).first()
         if existing is not None:
-            if existing.kind != kind or existing.params != params:
+            asked = (kind, task, params, priority, max_attempts)
+            if asked != (existing.kind, existing.task, existing.params, existing.priority, existing.max_attempts):
                 raise Conflict(
                     "this Idempotency-Key was already used for a different request; "
                     "use a new key for a new job",
@@ -82,7 +84,7 @@ def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> Outbox
 
 def get_job(session: Session, tenant_id: int, job_id: int) -> Job:
     """Return the tenant's job or raise NotFound."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_row_id(job_id) else None
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"job {job_id} not found", code="job_not_found")
     return job

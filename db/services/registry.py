@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from db.errors import NotFound
 from db.models import Evaluation, ModelArtifact
+from db.services.ids import is_row_id
 
 
 def register_model(session: Session, *, tenant_id: int, name: str, **fields: Any) -> ModelArtifact:
@@ -29,7 +30,7 @@ def resolve_model(session: Session, tenant_id: int, ref: str) -> ModelArtifact |
     name, _, version = ref.partition(":")
     query = select(ModelArtifact).where(ModelArtifact.tenant_id == tenant_id, ModelArtifact.name == name)
     if version:
-        if not version.isdigit():
+        if not version.isdecimal() or not is_row_id(int(version)):  # isdigit() passes '²'
             return None
         query = query.where(ModelArtifact.version == int(version))
     return session.scalars(query.order_by(ModelArtifact.version.desc())).first()
@@ -45,7 +46,7 @@ def list_models(session: Session, tenant_id: int, *, name: str | None = None) ->
 
 def get_evaluation(session: Session, tenant_id: int, evaluation_id: int) -> Evaluation:
     """Return the tenant's evaluation or raise NotFound."""
-    evaluation = session.get(Evaluation, evaluation_id)
+    evaluation = session.get(Evaluation, evaluation_id) if is_row_id(evaluation_id) else None
     if evaluation is None or evaluation.tenant_id != tenant_id:
         raise NotFound(f"evaluation {evaluation_id} not found", code="evaluation_not_found")
     return evaluation

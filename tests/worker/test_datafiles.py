@@ -303,6 +303,14 @@ def test_empty_text_names_row_and_column(tmp_path, text):
     assert error.details["row"] == 2 and error.details["column"] == "text"
 
 
+def test_unlabelled_data_keeps_blank_texts_for_the_batch_job_to_report(tmp_path):
+    dest = tmp_path / "out.jsonl"
+    data = b'{"id": 1, "text": "ok"}\n{"id": 2, "text": "  "}\n{"id": 3}\n'
+    result = ingest(io.BytesIO(data), fmt="jsonl", dest=dest, text_column="text", label_column=None)
+    assert result.row_count == 3
+    assert [row.get("text") for _, row in iter_rows(dest)] == ["ok", "  ", ""]
+
+
 def test_empty_text_in_csv(tmp_path):
     error = refusal(tmp_path, b"text,label\nok,pos\n  ,neg\n")
     assert error.code == "empty_text"
