@@ -58,6 +58,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _not_loadable_message(model_ref: str, exc: Exception) -> str:
+    if "trust_remote_code" in str(exc):
+        return (
+            f"model '{model_ref}' needs custom code, which is not run here: use a model with a "
+            "standard transformers architecture"
+        )
     if Path(model_ref).is_dir():
         return f"model directory '{model_ref}' cannot be loaded as a sequence classifier: {exc}"
     return (

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import PermanentJobError
@@ -24,6 +26,9 @@ COMPLETE_MARKER = "COMPLETE"
 GEOMETRY_FILE = "geometry.json"
 SAVE_TOTAL_LIMIT = 2
 MAX_ROWS_NAMED = 5
+# Measured with MiniLM on 2 CPU cores: past about 2k padded tokens a batch gets slower per token
+# (attention and activations fall out of cache), so CPU runs cap the caller's budget here.
+CPU_MAX_BATCH_TOKENS = 2048
 # Tokenizers without a usable limit report a huge sentinel as model_max_length.
 UNSET_MODEL_MAX_LENGTH = 1_000_000
 
@@ -48,13 +53,19 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _read_labelled(path: Path, text_column: str, label_column: str, what: str) -> tuple[list[str], list[str]]:
+@dataclass
+class Examples:
+    """Texts and their labels, row for row."""
+
+    texts: list[str]
+    labels: list[str]
+
+
+def _read_labelled(path: Path, text_column: str, label_column: str, what: str) -> Examples:
     rows = read_rows(path)
     if not rows:
         raise PermanentJobError(f"the {what} dataset has no rows: upload a file with labelled examples")
-    texts = _column(rows, text_column, what, "text")
-    labels = _column(rows, label_column, what, "label")
-    return texts, labels
+    return Examples(_column(rows, text_column, what, "text"), _column(rows, label_column, what, "label"))
 
 
 def _column(rows: list[dict], column: str, what: str, role: str) -> list[str]:
@@ -74,16 +85,15 @@ def _column(rows: list[dict], column: str, what: str, role: str) -> list[str]:
     return [str(value) for value in values]
 
 
-def _split(texts: list[str], labels: list[str], fraction: float, seed: int):
-    if len(texts) < 2:
-        raise PermanentJobError("need at least 2 training rows to hold out a validation split")
-    order = list(range(len(texts)))
+def _split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    order = list(range(len(examples.texts)))
     random.Random(seed).shuffle(order)
     held_out = min(len(order) - 1, max(1, round(len(order) * fraction)))
-    validation, train = order[:held_out], order[held_out:]
-    return [texts[i] for i in train], [labels[i] for i in train], [texts[i] for i in validation], [
-        labels[i] for i in validation
-    ]
+
+    def pick(indices: list[int]) -> Examples:
+        return Examples([examples.texts[i] for i in indices], [examples.labels[i] for i in indices])
+
+    return pick(order[held_out:]), pick(order[:held_out])
 
 
 def _check_labels(label_names: list[str], labels: list[str], message: str) -> None:
@@ -108,52 +118,102 @@ def finetune(
     hooks: JobHooks,
 ) -> dict:
     """Fine-tune `base_model` on labelled text, resuming from the newest complete checkpoint."""
-    train_texts, train_labels = _read_labelled(train_path, text_column, label_column, "train")
-    label_names = sorted(set(train_labels))
-    if validation_path is None:
-        train_texts, train_labels, val_texts, val_labels = _split(
-            train_texts, train_labels, params.validation_fraction, params.seed
-        )
-    else:
-        val_texts, val_labels = _read_labelled(validation_path, text_column, label_column, "validation")
-        _check_labels(label_names, val_labels, "the validation dataset has labels the train dataset lacks")
-    if len(label_names) < 2:
-        raise PermanentJobError(
-            f"the label column '{label_column}' has {len(label_names)} distinct value(s); "
-            "a classifier needs at least 2 classes"
-        )
+    train, validation, label_names = _finetune_examples(
+        params, train_path, validation_path, text_column, label_column
+    )
     device = pick_device()
-    precision = resolve_precision(params.precision, device)
-    resume = _prepare_checkpoints(checkpoint_dir, _geometry(params, len(train_texts)), hooks)
-    model, tokenizer = load_classifier(base_model, label_names=label_names)
-    if params.freeze_base:
-        for parameter in model.base_model.parameters():
-            parameter.requires_grad = False
+    run = _Run(params, checkpoint_dir, device, resolve_precision(params.precision, device), hooks)
+    resume = _prepare_checkpoints(checkpoint_dir, _geometry(params, len(train.texts)), hooks)
+    hooks.check()
+    finished = _finished_state(resume)
+    if finished is not None:
+        # The Trainer would take one step too many here; the last checkpoint is the result.
+        model, tokenizer = load_classifier(str(resume))
+        model.to(device)
+        summary = _summary_from_state(finished)
+    else:
+        model, tokenizer, summary = _train(run, base_model, label_names, train, validation, resume)
     max_length = _effective_max_length(tokenizer, params.max_length)
-    label_ids = {name: i for i, name in enumerate(label_names)}
-    train_set = _encode(tokenizer, train_texts, train_labels, label_ids, max_length)
-    eval_set = _encode(tokenizer, val_texts, val_labels, label_ids, max_length) if params.eval_steps else None
-    trainer = _build_trainer(params, model, tokenizer, train_set, eval_set, checkpoint_dir, device, precision, hooks)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
-    metrics = _evaluate_texts(model, tokenizer, val_texts, val_labels, label_names, params, max_length, hooks)
+    metrics = _evaluate_texts(model, tokenizer, validation, label_names, params, max_length, hooks)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    summary |= {
+        "resumed_from_step": _checkpoint_step(resume) if resume else None,
+        "train_rows": len(train.texts),
+        "validation_rows": len(validation.texts),
+        "device": device,
+        "precision": run.precision,
+    }
+    return {"label_names": label_names, "metrics": metrics, "train": summary}
+
+
+def _finetune_examples(params, train_path, validation_path, text_column, label_column):
+    train = _read_labelled(train_path, text_column, label_column, "train")
+    label_names = sorted(set(train.labels))
+    if len(label_names) < 2:
+        raise PermanentJobError(
+            f"the label column '{label_column}' has {len(label_names)} distinct value(s) in the train "
+            "dataset; a classifier needs at least 2 classes"
+        )
+    if validation_path is None:
+        train, validation = _split(train, params.validation_fraction, params.seed)
+    else:
+        validation = _read_labelled(validation_path, text_column, label_column, "validation")
+        _check_labels(
+            label_names, validation.labels, "the validation dataset has labels the train dataset lacks"
+        )
+    return train, validation, label_names
+
+
+@dataclass
+class _Run:
+    """The settings one fine-tuning run passes around."""
+
+    params: FinetuneParams
+    checkpoint_dir: Path
+    device: str
+    precision: str
+    hooks: JobHooks
+
+
+def _train(run: _Run, base_model: str, label_names, train: Examples, validation: Examples, resume):
+    model, tokenizer = load_classifier(base_model, label_names=label_names)
+    if run.params.freeze_base:
+        for parameter in model.base_model.parameters():
+            parameter.requires_grad = False
+    max_length = _effective_max_length(tokenizer, run.params.max_length)
+    label_ids = {name: i for i, name in enumerate(label_names)}
+    train_set = _encode(tokenizer, train, label_ids, max_length)
+    eval_set = _encode(tokenizer, validation, label_ids, max_length) if run.params.eval_steps else None
+    trainer = _build_trainer(run, model, tokenizer, train_set, eval_set)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    summary = {
+        "global_step": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+        "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
+    }
+    return model, tokenizer, summary
+
+
+def _finished_state(checkpoint: Path | None) -> dict | None:
+    """Return the checkpoint's trainer state if it already reached the last step."""
+    path = checkpoint / "trainer_state.json" if checkpoint else None
+    if path is None or not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0 else None
+
+
+def _summary_from_state(state: dict) -> dict:
+    # Only the logged windows survive in the checkpoint; their mean stands in for the run's loss.
+    losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
     return {
-        "label_names": label_names,
-        "metrics": metrics,
-        "train": {
-            "global_step": int(result.global_step),
-            "train_loss": float(result.training_loss),
-            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
-            "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
-            "resumed_from_step": _checkpoint_step(resume) if resume else None,
-            "train_rows": len(train_texts),
-            "validation_rows": len(val_texts),
-            "device": device,
-            "precision": precision,
-        },
+        "global_step": int(state["global_step"]),
+        "train_loss": float(sum(losses) / len(losses)) if losses else 0.0,
+        "train_runtime_s": 0.0,
+        "train_samples_per_second": 0.0,
     }
 
 
@@ -180,7 +240,7 @@ def _prepare_checkpoints(checkpoint_dir: Path, geometry: dict, hooks: JobHooks) 
             complete.append(path)
         else:
             # A save cut short; left in place the Trainer's rotation could delete a good one instead.
-            _remove_tree(path)
+            shutil.rmtree(path)
             hooks.log(f"removed incomplete checkpoint {path.name}")
     resume = max(complete, key=_checkpoint_step, default=None)
     geometry_path = checkpoint_dir / GEOMETRY_FILE
@@ -206,22 +266,16 @@ def _checkpoint_step(path: Path) -> int | None:
     return int(suffix) if suffix.isdigit() else None
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
-
-
 def _effective_max_length(tokenizer, max_length: int) -> int:
     limit = tokenizer.model_max_length
     return min(max_length, limit) if 0 < limit < UNSET_MODEL_MAX_LENGTH else max_length
 
 
-def _encode(tokenizer, texts: list[str], labels: list[str], label_ids: dict[str, int], max_length: int):
+def _encode(tokenizer, examples: Examples, label_ids: dict[str, int], max_length: int):
     from datasets import Dataset
 
-    encoded = dict(tokenizer(texts, truncation=True, max_length=max_length))
-    encoded["labels"] = [label_ids[label] for label in labels]
+    encoded = dict(tokenizer(examples.texts, truncation=True, max_length=max_length))
+    encoded["labels"] = [label_ids[label] for label in examples.labels]
     return Dataset.from_dict(encoded)
 
 
@@ -235,11 +289,12 @@ def _warmup_steps(params: FinetuneParams, train_rows: int) -> int:
     return math.ceil(params.warmup_ratio * total)
 
 
-def _build_trainer(params, model, tokenizer, train_set, eval_set, checkpoint_dir, device, precision, hooks):
+def _build_trainer(run: _Run, model, tokenizer, train_set, eval_set):
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
+    params = run.params
     args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
+        output_dir=str(run.checkpoint_dir),
         num_train_epochs=params.epochs,
         max_steps=params.max_steps or -1,
         learning_rate=params.learning_rate,
@@ -258,10 +313,10 @@ def _build_trainer(params, model, tokenizer, train_set, eval_set, checkpoint_dir
         eval_steps=params.eval_steps,
         report_to=[],
         disable_tqdm=True,
-        use_cpu=device == "cpu",
-        fp16=precision == "fp16",
-        bf16=precision == "bf16",
-        dataloader_pin_memory=device == "cuda",
+        use_cpu=run.device == "cpu",
+        fp16=run.precision == "fp16",
+        bf16=run.precision == "bf16",
+        dataloader_pin_memory=run.device == "cuda",
     )
     trainer = Trainer(
         model=model,
@@ -271,11 +326,24 @@ def _build_trainer(params, model, tokenizer, train_set, eval_set, checkpoint_dir
         eval_dataset=eval_set,
         processing_class=tokenizer,
         compute_metrics=_eval_step_metrics if eval_set is not None else None,
-        callbacks=[_job_callback(hooks, params.save_minutes * 60)],
+        compute_loss_func=_classification_loss,
+        callbacks=[_job_callback(run.hooks, params.save_minutes * 60)],
     )
     # Progress and metrics go through the hooks; the printer would only add noise to worker logs.
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _classification_loss(outputs, labels, num_items_in_batch=None):
+    # Mean over the whole accumulated batch. Left to the model, transformers 5 adds up each
+    # micro-batch's mean without dividing (Bert's forward takes **kwargs), so loss and gradients
+    # grew with gradient_accumulation_steps.
+    import torch.nn.functional as F
+
+    logits = outputs.logits.float()
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
 
 
 def _eval_step_metrics(prediction) -> dict:
@@ -328,19 +396,15 @@ def _job_callback(hooks: JobHooks, save_seconds: float):
     return JobCallback()
 
 
-def _evaluate_texts(model, tokenizer, texts, labels, label_names, params, max_length, hooks) -> dict:
+def _evaluate_texts(model, tokenizer, examples: Examples, label_names, params, max_length, hooks) -> dict:
     model.eval()
+    batch_size = params.eval_batch_size
     probabilities = predict_probabilities(
-        model,
-        tokenizer,
-        texts,
-        max_length=max_length,
-        batch_tokens=params.eval_batch_size * max_length,
-        max_batch_size=params.eval_batch_size,
-        on_batch=_evaluation_progress(hooks),
+        model, tokenizer, examples.texts, max_length=max_length, batch_tokens=batch_size * max_length,
+        max_batch_size=batch_size, on_batch=_evaluation_progress(hooks),
     )
     predicted = [label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
-    return classification_metrics(labels, predicted, label_names)
+    return classification_metrics(examples.labels, predicted, label_names)
 
 
 def _evaluation_progress(hooks: JobHooks):
@@ -365,15 +429,16 @@ def evaluate(
     hooks: JobHooks,
 ) -> dict:
     """Score a classifier on a labelled dataset; returns classification metrics plus "rows"."""
-    texts, labels = _read_labelled(data_path, text_column, label_column, "evaluation")
+    examples = _read_labelled(data_path, text_column, label_column, "evaluation")
     predictor = Predictor(
         model_dir, max_length=max_length, batch_tokens=batch_size * max_length, max_batch_size=batch_size
     )
-    _check_labels(predictor.label_names, labels, f"the dataset has labels that model '{model_dir}' does not know")
-    probabilities = predictor.predict_probabilities(texts, on_batch=_evaluation_progress(hooks))
+    unknown_message = f"the dataset has labels that model '{model_dir}' does not know"
+    _check_labels(predictor.label_names, examples.labels, unknown_message)
+    probabilities = predictor.predict_probabilities(examples.texts, on_batch=_evaluation_progress(hooks))
     predicted = [predictor.label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
-    metrics = classification_metrics(labels, predicted, predictor.label_names)
-    metrics["rows"] = len(texts)
+    metrics = classification_metrics(examples.labels, predicted, predictor.label_names)
+    metrics["rows"] = len(examples.texts)
     return metrics
 
 
@@ -406,13 +471,8 @@ class Predictor:
     def predict_probabilities(self, texts: list[str], *, on_batch=None):
         """Return a (len(texts), num_labels) float tensor of class probabilities, in input order."""
         return predict_probabilities(
-            self.model,
-            self.tokenizer,
-            texts,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            max_batch_size=self.max_batch_size,
-            on_batch=on_batch,
+            self.model, self.tokenizer, texts, max_length=self.max_length, batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size, on_batch=on_batch,
         )
 
     def predict_chunk(self, rows: list[tuple[int, str]]) -> list[dict]:
@@ -433,10 +493,15 @@ class Predictor:
         return results
 
 
-def predict_probabilities(model, tokenizer, texts, *, max_length, batch_tokens, max_batch_size, on_batch=None):
+def predict_probabilities(
+    model, tokenizer, texts: list[str], *, max_length: int, batch_tokens: int, max_batch_size: int,
+    on_batch=None,
+):
     """Run `model` over `texts` in length-sorted, padding-light batches; return probabilities in order."""
     import torch
 
+    if model.device.type == "cpu":
+        batch_tokens = min(batch_tokens, CPU_MAX_BATCH_TOKENS)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
     keys = list(encoded.keys())
     lengths = [len(ids) for ids in encoded["input_ids"]]

@@ -1,0 +1,111 @@
+"""Tiny models built on the spot, so tests run offline and fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SENTENCES = [
+    "good great nice lovely excellent wonderful happy fine superb",
+    "bad awful terrible horrible poor sad ugly nasty dreadful",
+    "the movie was good and the food was great",
+    "the service was bad and the room was awful",
+    "i liked it a lot, what a nice day!",
+    "i hated it, what a terrible day?",
+    "this is a plain sentence about nothing in particular 0123456789",
+]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MAX_POSITIONS = 128
+# Above what these sentences can fill (about 210 tokens), so training merges every word whole.
+VOCAB_SIZE_LIMIT = 300
+
+
+def build_tiny_classifier(path: Path) -> Path:
+    """Save a tiny BERT classifier (2 labels) and its freshly trained tokenizer under `path`."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer()
+    tokenizer.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POSITIONS,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordPiece(vocab=_trained_vocab(), unk_token="[UNK]"))
+    backend.normalizer, backend.pre_tokenizer = _normalizer(), _pre_tokenizer()
+    backend.decoder = decoders.WordPiece()
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+def _trained_vocab() -> dict[str, int]:
+    """Train WordPiece on SENTENCES, then give tokens stable ids.
+
+    The trainer breaks ties between equally frequent merges in hash order, so ids (and a few
+    intermediate pieces) change from run to run. Training until every word is whole and numbering
+    specials, then corpus words, then the rest, makes the ids of every corpus word the same in
+    each run, so a test that trains the tiny model learns the same way every time.
+    """
+    from tokenizers import Tokenizer, models, trainers
+
+    trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trained.normalizer, trained.pre_tokenizer = _normalizer(), _pre_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=VOCAB_SIZE_LIMIT,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"),
+        show_progress=False,
+    )
+    trained.train_from_iterator(SENTENCES, trainer=trainer)
+    words = {
+        word
+        for sentence in SENTENCES
+        for word, _ in _pre_tokenizer().pre_tokenize_str(_normalizer().normalize_str(sentence))
+    }
+
+    def rank(token: str) -> tuple[int, str]:
+        if token in SPECIAL_TOKENS:
+            return (0, f"{SPECIAL_TOKENS.index(token):03d}")
+        return (1 if token in words else 2, token)
+
+    return {token: i for i, token in enumerate(sorted(trained.get_vocab(), key=rank))}
+
+
+def _normalizer():
+    from tokenizers import normalizers
+
+    return normalizers.BertNormalizer(lowercase=True)
+
+
+def _pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.BertPreTokenizer()
