@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -147,6 +148,11 @@ def run_job(
     except (TransientJobError, OperationalError) as exc:
         context.stop()
         return _retry(context, str(exc))
+    except SoftTimeLimitExceeded:
+        context.stop()
+        limit = settings.soft_time_limit_seconds
+        return _fail(context, "time_limit", f"the job ran past its time limit of {limit} s "
+                     "(NIGHTSHIFT_SOFT_TIME_LIMIT_SECONDS); give it fewer rows or steps, or raise the limit")
     except Exception as exc:
         context.stop()
         log.exception("job %s crashed", job_id)

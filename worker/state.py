@@ -30,6 +30,7 @@ def reset() -> None:
 
 def configure_offline() -> None:
     """Keep Hugging Face libraries off the network unless hub downloads are enabled."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress goes to job events instead
     if not settings().hub_enabled:
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
             os.environ.setdefault(name, "1")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401  (re-exported for runners)
-
 from worker import state
 from worker.celery_app import app
 from worker.lifecycle import run_job

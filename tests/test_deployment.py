@@ -1,0 +1,46 @@
+"""docker-compose.yml and the README stay consistent with the code they describe."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from api.cli import _parser
+from worker.config import ENV_PREFIX, describe
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = {name for name, _default, _help in describe()}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_every_required_service():
+    services = compose()["services"]
+    assert {"postgres", "redis", "api", "worker-gpu", "worker-cpu", "beat"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    gpu = services["worker-gpu"]
+    assert gpu["command"][-4:] == ["--queues", "gpu", "--name", "gpu"]
+    assert gpu["environment"]["NIGHTSHIFT_WORKER_CONCURRENCY"] == "1"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_compose_uses_only_known_settings_and_cli_commands():
+    subcommands = set(_parser()._subparsers._group_actions[0].choices)
+    for name, service in compose()["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith(ENV_PREFIX):
+                assert variable in SETTINGS, f"{name}: unknown setting {variable}"
+        command = service.get("command", [])
+        if command and command[0] == "nightshift":
+            assert command[1] in subcommands, f"{name}: no `nightshift {command[1]}` command"
+            _parser().parse_args(command[1:])  # raises SystemExit on a bad flag
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`(NIGHTSHIFT_[A-Z_]+)`", readme))
+    assert SETTINGS <= documented, SETTINGS - documented

@@ -1,0 +1,126 @@
+"""run_job maps every way a job can end to exactly one outcome, on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select, update
+
+from db.models import Job, JobEvent, OutboxMessage
+from db.services.jobs import create_job
+from db.services.tenants import get_or_create_tenant
+from worker.config import Settings
+from worker.errors import PermanentJobError, TransientJobError
+from worker.lifecycle import run_job
+
+SETTINGS = Settings(heartbeat_seconds=0.05, lease_seconds=30, retry_backoff_seconds=7)
+
+
+@pytest.fixture
+def job_id(session_factory):
+    with session_factory() as session, session.begin():
+        tenant = get_or_create_tenant(session, "acme")
+        job, _ = create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
+                            params={"model": "m", "dataset_id": 1}, queue="cpu", max_attempts=2)
+        return job.id
+
+
+def run(session_factory, job_id, runner):
+    return run_job(job_id, runner, session_factory=session_factory, settings=SETTINGS)
+
+
+def load(session_factory, job_id) -> Job:
+    with session_factory() as session:
+        return session.get(Job, job_id)
+
+
+def test_success_stores_result_and_progress(session_factory, job_id):
+    def runner(context):
+        context.progress(fraction=0.5, stage="halfway", done=1, total=2)
+        context.metric(3, {"loss": 0.25})
+        return lambda session: {"result": {"answer": 42}}
+
+    assert run(session_factory, job_id, runner) == "succeeded"
+    job = load(session_factory, job_id)
+    assert (job.status, job.result, job.progress_fraction, job.lease_expires_at) == ("succeeded", {"answer": 42}, 1.0, None)
+    with session_factory() as session:
+        metric = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metric")).one()
+    assert (metric.step, metric.data) == (3, {"loss": 0.25})
+
+
+def test_a_second_delivery_after_success_is_dropped(session_factory, job_id):
+    calls = []
+    runner = lambda context: calls.append(1) or (lambda session: {})  # noqa: E731
+    assert [run(session_factory, job_id, runner) for _ in range(2)] == ["succeeded", "dropped"]
+    assert calls == [1]
+
+
+def test_permanent_error_fails_with_the_reason(session_factory, job_id):
+    def runner(context):
+        raise PermanentJobError("row 7 has no label", code="bad_data")
+
+    assert run(session_factory, job_id, runner) == "failed"
+    job = load(session_factory, job_id)
+    assert (job.status, job.error_code, job.error_message) == ("failed", "bad_data", "row 7 has no label")
+
+
+def test_transient_error_requeues_with_backoff_then_gives_up(session_factory, job_id):
+    def runner(context):
+        raise TransientJobError("broker connection lost")
+
+    assert run(session_factory, job_id, runner) == "retrying"
+    job = load(session_factory, job_id)
+    assert job.status == "queued" and "broker connection lost" in job.error_message
+    with session_factory() as session:
+        delays = [(m.available_at - job.not_before).total_seconds() for m in
+                  session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()]
+    assert len(delays) == 2 and abs(delays[1]) < 1  # the retry's message waits for the backoff
+    assert run(session_factory, job_id, runner) == "failed"
+    job = load(session_factory, job_id)
+    assert (job.status, job.error_code, job.attempts) == ("failed", "retries_exhausted", 2)
+
+
+def test_soft_time_limit_fails_with_time_limit(session_factory, job_id):
+    def runner(context):
+        raise SoftTimeLimitExceeded()
+
+    assert run(session_factory, job_id, runner) == "failed"
+    job = load(session_factory, job_id)
+    assert job.error_code == "time_limit" and "time limit" in job.error_message
+
+
+def test_crash_fails_with_a_readable_reason(session_factory, job_id):
+    def runner(context):
+        raise ZeroDivisionError("division by zero")
+
+    assert run(session_factory, job_id, runner) == "failed"
+    assert load(session_factory, job_id).error_message == "the job crashed: ZeroDivisionError: division by zero"
+
+
+def test_cancel_request_stops_the_job_at_its_next_check(session_factory, job_id):
+    def runner(context):
+        with session_factory() as session, session.begin():
+            session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        for _ in range(200):
+            context.check()
+            time.sleep(0.02)
+        raise AssertionError("cancel was never noticed")
+
+    assert run(session_factory, job_id, runner) == "cancelled"
+    assert load(session_factory, job_id).status == "cancelled"
+
+
+def test_an_attempt_that_lost_its_lease_writes_nothing(session_factory, job_id):
+    def runner(context):
+        with session_factory() as session, session.begin():  # another attempt took the job over
+            session.execute(update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1))
+        for _ in range(200):
+            context.check()
+            time.sleep(0.02)
+        raise AssertionError("the lost lease was never noticed")
+
+    assert run(session_factory, job_id, runner) == "lost"
+    job = load(session_factory, job_id)
+    assert job.status == "running" and job.epoch == 2 and job.finished_at is None
