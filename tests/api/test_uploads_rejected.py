@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.api.helpers import API, LABELLED_CSV, assert_error, dataset_ids, files_under, upload
+from tests.api.helpers import API, assert_error, dataset_ids, files_under, upload
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00"
 

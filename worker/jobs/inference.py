@@ -14,7 +14,6 @@ from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from db.models import InferenceChunk
 from db.services.leases import fenced_update

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 def classification_metrics(y_true: list[str], y_pred: list[str], label_names: list[str]) -> dict:
     """Compute accuracy, macro/weighted P/R/F1, per-class scores and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     if not y_true or len(y_true) != len(y_pred):
         raise ValueError(f"need equal, non-empty label lists (got {len(y_true)} and {len(y_pred)})")

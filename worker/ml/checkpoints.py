@@ -1,0 +1,127 @@
+"""Checkpoints a fine-tune can resume from: marked complete, geometry-checked, reported to hooks."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from worker.errors import PermanentJobError
+from worker.ml.hooks import JobHooks
+from worker.params import FinetuneParams
+
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARKER = "COMPLETE"
+GEOMETRY_FILE = "geometry.json"
+SAVE_TOTAL_LIMIT = 2
+
+
+def geometry(params: FinetuneParams, train_rows: int) -> dict:
+    """Return what must not change between a checkpoint and the run resuming from it."""
+    return {
+        "batch_size": params.batch_size,
+        "gradient_accumulation_steps": params.gradient_accumulation_steps,
+        "max_length": params.max_length,
+        "epochs": params.epochs,
+        "max_steps": params.max_steps,
+        "train_rows": train_rows,
+        "seed": params.seed,
+    }
+
+
+def prepare_checkpoints(checkpoint_dir: Path, geometry: dict, hooks: JobHooks) -> Path | None:
+    """Return the checkpoint to resume from, after dropping incomplete ones and checking geometry."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    complete = []
+    for path in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        if checkpoint_step(path) is None or not path.is_dir():
+            continue
+        if (path / COMPLETE_MARKER).is_file():
+            complete.append(path)
+        else:
+            # A save cut short; left in place the Trainer's rotation could delete a good one instead.
+            shutil.rmtree(path)
+            hooks.log(f"removed incomplete checkpoint {path.name}")
+    resume = max(complete, key=checkpoint_step, default=None)
+    geometry_path = checkpoint_dir / GEOMETRY_FILE
+    if resume is not None and geometry_path.is_file():
+        changes = [
+            f"{key} {old} -> {geometry.get(key)}"
+            for key, old in json.loads(geometry_path.read_text()).items()
+            if geometry.get(key) != old
+        ]
+        if changes:
+            raise PermanentJobError(
+                f"cannot resume: batch geometry changed ({', '.join(changes)}) since {resume.name} was "
+                "saved; run the job with its original settings, or start a new job"
+            )
+    geometry_path.write_text(json.dumps(geometry, indent=2))
+    if resume is not None:
+        hooks.log(f"resuming from {resume.name}")
+    return resume
+
+
+def checkpoint_step(path: Path) -> int | None:
+    suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
+    return int(suffix) if suffix.isdigit() else None
+
+
+def finished_state(checkpoint: Path | None) -> dict | None:
+    """Return the checkpoint's trainer state if it already reached the last step."""
+    path = checkpoint / "trainer_state.json" if checkpoint else None
+    if path is None or not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0 else None
+
+
+def summary_from_state(state: dict) -> dict:
+    # Only the logged windows survive in the checkpoint; their mean stands in for the run's loss.
+    losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
+    return {
+        "global_step": int(state["global_step"]),
+        "train_loss": float(sum(losses) / len(losses)) if losses else 0.0,
+        "train_runtime_s": 0.0,
+        "train_samples_per_second": 0.0,
+    }
+
+
+def job_callback(hooks: JobHooks, save_seconds: float):
+    from transformers import TrainerCallback
+
+    class JobCallback(TrainerCallback):
+        """Report progress and metrics, honour cancellation, mark checkpoints complete."""
+
+        def __init__(self) -> None:
+            self.last_save = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            hooks.check()
+            total = max(state.max_steps, 1)
+            step = state.global_step
+            hooks.progress(fraction=min(step / total, 1.0), stage="training", done=step, total=total)
+            if time.monotonic() - self.last_save >= save_seconds:
+                control.should_save = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            values = {
+                key: float(value)
+                for key, value in (logs or {}).items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            }
+            if values:
+                hooks.metric(state.global_step, values)
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            if path.is_dir():
+                (path / COMPLETE_MARKER).touch()
+                hooks.checkpoint_saved(path, state.global_step)
+            self.last_save = time.monotonic()
+
+    return JobCallback()

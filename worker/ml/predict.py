@@ -1,0 +1,111 @@
+"""Batch prediction with one loaded classifier: length-sorted batches under a token budget."""
+
+from __future__ import annotations
+
+from worker.ml.device import pick_device, resolve_precision, torch_dtype
+from worker.ml.loading import label_names_of, load_classifier
+
+# Measured with MiniLM on 2 CPU cores: past about 2k padded tokens a batch gets slower per token
+# (attention and activations fall out of cache), so CPU runs cap the caller's budget here.
+CPU_MAX_BATCH_TOKENS = 2048
+# Tokenizers without a usable limit report a huge sentinel as model_max_length.
+UNSET_MODEL_MAX_LENGTH = 1_000_000
+
+
+def effective_max_length(tokenizer, max_length: int) -> int:
+    limit = tokenizer.model_max_length
+    return min(max_length, limit) if 0 < limit < UNSET_MODEL_MAX_LENGTH else max_length
+
+
+class Predictor:
+    """Classify text with one loaded model, in length-sorted batches under a token budget."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        max_length: int,
+        batch_tokens: int,
+        max_batch_size: int,
+        num_threads: int | None = None,
+    ) -> None:
+        import torch
+
+        if num_threads is not None:
+            # Only when asked: the caller (a worker pinned to some cores) owns the global setting.
+            torch.set_num_threads(num_threads)
+        self.device = pick_device()
+        self.model, self.tokenizer = load_classifier(model_dir)
+        dtype = torch_dtype(resolve_precision("auto", self.device))
+        self.model.to(device=self.device, dtype=dtype).eval()
+        self.label_names = label_names_of(self.model)
+        self.max_length = effective_max_length(self.tokenizer, max_length)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+
+    def predict_probabilities(self, texts: list[str], *, on_batch=None):
+        """Return a (len(texts), num_labels) float tensor of class probabilities, in input order."""
+        return predict_probabilities(
+            self.model, self.tokenizer, texts, max_length=self.max_length, batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size, on_batch=on_batch,
+        )
+
+    def predict_chunk(self, rows: list[tuple[int, str]]) -> list[dict]:
+        """Classify (row_id, text) pairs; results come back in input order, bad rows as errors."""
+        results: list[dict] = [{"row": row_id, "error": "empty text"} for row_id, _ in rows]
+        valid = [i for i, (_, text) in enumerate(rows) if isinstance(text, str) and text.strip()]
+        if not valid:
+            return results
+        probabilities = self.predict_probabilities([rows[i][1] for i in valid]).tolist()
+        for position, scores in zip(valid, probabilities):
+            best = max(range(len(scores)), key=scores.__getitem__)
+            results[position] = {
+                "row": rows[position][0],
+                "label": self.label_names[best],
+                "score": scores[best],
+                "probabilities": dict(zip(self.label_names, scores)),
+            }
+        return results
+
+
+def predict_probabilities(
+    model, tokenizer, texts: list[str], *, max_length: int, batch_tokens: int, max_batch_size: int,
+    on_batch=None,
+):
+    """Run `model` over `texts` in length-sorted, padding-light batches; return probabilities in order."""
+    import torch
+
+    if model.device.type == "cpu":
+        batch_tokens = min(batch_tokens, CPU_MAX_BATCH_TOKENS)
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    keys = list(encoded.keys())
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    probabilities = torch.empty(len(texts), model.config.num_labels, dtype=torch.float32)
+    done = 0
+    with torch.inference_mode():
+        for batch in length_batches(lengths, batch_tokens=batch_tokens, max_batch_size=max_batch_size):
+            features = {key: [encoded[key][i] for i in batch] for key in keys}
+            inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
+            logits = model(**inputs).logits
+            probabilities[batch] = torch.softmax(logits.float(), dim=-1).cpu()
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(done, len(texts))
+    return probabilities
+
+
+def length_batches(lengths: list[int], *, batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Group indices longest first so each batch's padded size (longest * count) fits the budget."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted longest first, so the batch's first item sets its padded width.
+        width = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) >= max_batch_size or width * (len(current) + 1) > batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
