@@ -25,11 +25,12 @@ def bare_trainer(train_rows, eval_rows, output_dir: Path) -> dict:
     from datasets import Dataset
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+                              Trainer, TrainingArguments, set_seed)
 
     start = time.perf_counter()
     labels = sorted({label for _text, label in train_rows})
     label_ids = {label: i for i, label in enumerate(labels)}
+    set_seed(SETTINGS["seed"])
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=len(labels))
 
@@ -40,7 +41,7 @@ def bare_trainer(train_rows, eval_rows, output_dir: Path) -> dict:
     args = TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=SETTINGS["epochs"], learning_rate=SETTINGS["learning_rate"],
         per_device_train_batch_size=SETTINGS["batch_size"], per_device_eval_batch_size=64, seed=SETTINGS["seed"],
-        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, logging_steps=10,
+        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, logging_steps=100,
     )
     trainer = Trainer(model=model, args=args, train_dataset=encode(train_rows),
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)

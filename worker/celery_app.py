@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import beat_init, worker_process_init
+from celery.signals import beat_init, worker_process_init, worker_shutting_down
 
 from worker.config import Settings
 
@@ -17,8 +17,15 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,  # safe: attempts are capped on the job row
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1,  # every job in a fresh process: frees GPU memory
-        task_soft_time_limit=settings.soft_time_limit_seconds,
-        task_time_limit=settings.hard_time_limit_seconds,
+        # Jobs stop themselves at their soft limit (checkpoint first); Celery's own soft limit is a
+        # backstop for code stuck outside Python, and its hard limit kills the process.
+        task_annotations={
+            f"jobs.{kind}": {
+                "soft_time_limit": settings.time_limit_for(kind) + settings.time_limit_grace_seconds // 2,
+                "time_limit": settings.hard_time_limit_for(kind),
+            }
+            for kind in ("finetune", "evaluate", "batch_inference")
+        },
         task_ignore_result=True,
         task_default_queue="cpu",
         task_serializer="json",
@@ -43,6 +50,22 @@ def _init_process(**_kwargs) -> None:
 
     state.reset()  # a forked child must not share the parent's database connections
     state.configure_offline()
+    state.install_shutdown_handler()
+
+
+@worker_shutting_down.connect
+def _ask_jobs_to_hand_back(**_kwargs) -> None:
+    # A warm shutdown would wait for a many-hour fine-tune; ask each job process to checkpoint
+    # and give its job back instead (it exits right after).
+    import psutil
+
+    from worker import state
+
+    for child in psutil.Process().children():
+        try:
+            child.send_signal(state.SHUTDOWN_SIGNAL)
+        except psutil.NoSuchProcess:
+            pass
 
 
 @beat_init.connect

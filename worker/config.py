@@ -32,12 +32,14 @@ class Settings:
     retry_backoff_seconds: float = field(default=10.0, metadata={"help": "First retry delay; doubles per attempt."})
     sweep_seconds: float = field(default=10.0, metadata={"help": "Sweeper period (in beat)."})
     relay_seconds: float = field(default=2.0, metadata={"help": "Outbox relay period (in beat)."})
-    stale_queued_seconds: float = field(default=300.0, metadata={"help": "Re-dispatch a queued job not started after this."})
+    redispatch_after_seconds: float = field(default=30.0, metadata={"help": "Re-send a queued job's message if the broker lost it this long after sending."})
     queue_finetune: str = field(default="gpu", metadata={"help": "Celery queue of fine-tunes."})
     queue_evaluate: str = field(default="gpu", metadata={"help": "Celery queue of evaluations."})
     queue_batch_inference: str = field(default="gpu", metadata={"help": "Celery queue of batch inference."})
-    soft_time_limit_seconds: int = field(default=12 * 3600, metadata={"help": "Soft time limit of one job attempt."})
-    hard_time_limit_seconds: int = field(default=12 * 3600 + 600, metadata={"help": "Hard time limit (process killed)."})
+    time_limit_finetune: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a fine-tune attempt: checkpoint, then fail with time_limit."})
+    time_limit_evaluate: int = field(default=2 * 3600, metadata={"help": "Soft time limit (s) of an evaluation attempt."})
+    time_limit_batch_inference: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a batch-inference attempt."})
+    time_limit_grace_seconds: int = field(default=600, metadata={"help": "Hard limit = soft limit + this; then the process is killed."})
     visibility_timeout_seconds: int = field(default=13 * 3600, metadata={"help": "Redis transport visibility timeout."})
     worker_concurrency: int = field(default=1, metadata={"help": "Processes per worker (one per GPU)."})
     token: str = field(default="", metadata={"help": "Bearer token the CLI sends."})
@@ -63,6 +65,14 @@ class Settings:
             db_file = (Path(settings.data_dir) / "nightshift.db").resolve()
             settings = replace(settings, database_url=f"sqlite:///{db_file}")
         return replace(settings, data_dir=Path(settings.data_dir))
+
+    def time_limit_for(self, kind: str) -> int:
+        """Return the soft time limit in seconds of one attempt of a `kind` job."""
+        return getattr(self, f"time_limit_{kind}")
+
+    def hard_time_limit_for(self, kind: str) -> int:
+        """Return the hard time limit in seconds, after which Celery kills the process."""
+        return self.time_limit_for(kind) + self.time_limit_grace_seconds
 
     def queue_for(self, kind: str) -> str:
         """Return the Celery queue that runs jobs of `kind`."""

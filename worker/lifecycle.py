@@ -19,6 +19,7 @@ from db.enums import JobStatus
 from db.models import Job
 from db.services.jobs import add_event
 from db.services.leases import Lease, claim_job, fenced_update, finish_job, release_job, renew_lease
+from worker import state
 from worker.config import Settings
 from worker.errors import JobInterrupted, PermanentJobError, TransientJobError
 from worker.sweeper import backoff_seconds
@@ -43,11 +44,14 @@ class JobContext:
         self.job = job
         self.cancelled = threading.Event()
         self.lost = threading.Event()
+        self.time_up = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._progress: dict[str, Any] = {}
         self._events: list[dict[str, Any]] = []
         self._started = time.monotonic()
+        self._last_renewed = self._started
+        self._deadline = self._started + settings.time_limit_for(job.kind)
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
 
     # -- JobHooks -------------------------------------------------------------------------
@@ -73,6 +77,23 @@ class JobContext:
             raise JobInterrupted("this attempt lost its lease; another worker owns the job", code="lease_lost")
         if self.cancelled.is_set():
             raise JobInterrupted("cancelled by request", code="cancelled")
+        reason = self.stop_requested()
+        if reason == "shutdown":
+            raise JobInterrupted("the worker is shutting down; the job goes back to the queue", code="shutdown")
+        if reason == "time_limit":
+            limit = self.settings.time_limit_for(self.job.kind)
+            raise JobInterrupted(
+                f"the job ran past its time limit of {limit} s (NIGHTSHIFT_TIME_LIMIT_{self.job.kind.upper()}); "
+                "its last checkpoint is kept: give it fewer rows or steps, or raise the limit",
+                code="time_limit",
+            )
+
+    def stop_requested(self) -> str | None:
+        if state.shutdown_requested.is_set():
+            return "shutdown"
+        if self.time_up.is_set() or time.monotonic() >= self._deadline:
+            return "time_limit"
+        return None
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
         self._event("log", f"checkpoint saved at step {step}", step=step, data={"path": str(path)})
@@ -98,11 +119,15 @@ class JobContext:
                 if owned:
                     for event in events:
                         add_event(session, self.job.id, epoch=self.lease.epoch, **event)
-        except OperationalError as exc:  # database unreachable: retry next beat, lease may run out
+        except OperationalError as exc:  # database unreachable: retry next beat
             log.warning("heartbeat of job %s failed: %s", self.job.id, exc)
             with self._lock:
                 self._events[:0] = events
+            if time.monotonic() - self._last_renewed > self.settings.lease_seconds:
+                self.lost.set()  # our lease has run out: another attempt may own the job now
             return
+        if owned:
+            self._last_renewed = time.monotonic()
         if not owned:
             self.lost.set()
         elif cancel:
@@ -148,11 +173,11 @@ def run_job(
     except (TransientJobError, OperationalError) as exc:
         context.stop()
         return _retry(context, str(exc))
-    except SoftTimeLimitExceeded:
+    except SoftTimeLimitExceeded:  # Celery's backstop fired: the job did not stop at its own limit
         context.stop()
-        limit = settings.soft_time_limit_seconds
-        return _fail(context, "time_limit", f"the job ran past its time limit of {limit} s "
-                     "(NIGHTSHIFT_SOFT_TIME_LIMIT_SECONDS); give it fewer rows or steps, or raise the limit")
+        limit = settings.time_limit_for(job.kind)
+        return _fail(context, "time_limit", f"the job ran past its time limit of {limit} s and did not stop "
+                     "cleanly; give it fewer rows or steps, or raise the limit")
     except Exception as exc:
         context.stop()
         log.exception("job %s crashed", job_id)
@@ -170,12 +195,20 @@ def _succeed(context: JobContext, finalize: Finalize) -> str:
 
 
 def _interrupted(context: JobContext, exc: JobInterrupted) -> str:
-    if exc.code != "cancelled":
-        log.warning("job %s: %s", context.job.id, exc.message)
-        return "lost"
-    with context.session_factory() as session, session.begin():
-        finish_job(session, context.lease, JobStatus.CANCELLED, error_code="cancelled", error_message=exc.message)
-    return "cancelled"
+    if exc.code == "cancelled":
+        with context.session_factory() as session, session.begin():
+            finish_job(session, context.lease, JobStatus.CANCELLED, error_code="cancelled",
+                       error_message=exc.message)
+        return "cancelled"
+    if exc.code == "time_limit":
+        return _fail(context, "time_limit", exc.message)
+    if exc.code == "shutdown":
+        with context.session_factory() as session, session.begin():
+            release_job(session, context.lease, reason=exc.message, delay_seconds=0, code="shutdown",
+                        refund_attempt=True)
+        return "released"
+    log.warning("job %s: %s", context.job.id, exc.message)
+    return "lost"
 
 
 def _fail(context: JobContext, code: str, message: str) -> str:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from functools import cache
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_session_factory
 from worker.config import Settings
+
+
+# Set in a job process when its worker begins a warm shutdown (SIGTERM on the main process).
+shutdown_requested = threading.Event()
+SHUTDOWN_SIGNAL = signal.SIGUSR2  # billiard keeps SIGUSR1 for Celery's soft time limit
+
+
+def install_shutdown_handler() -> None:
+    """Make SHUTDOWN_SIGNAL ask the running job to checkpoint and hand itself back."""
+    signal.signal(SHUTDOWN_SIGNAL, lambda _signum, _frame: shutdown_requested.set())
 
 
 @cache

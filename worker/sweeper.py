@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import redis
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,6 +14,7 @@ from db.enums import JobStatus
 from db.models import Job, OutboxMessage
 from db.services.jobs import add_event, enqueue
 from db.services.leases import expired_leases, rescue_expired
+from worker.broker import pending_job_ids
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
@@ -30,35 +32,43 @@ def sweep(session_factory: sessionmaker[Session], settings: Settings) -> dict[st
     counts = {"requeued": 0, "failed": 0, "redispatched": 0}
     with session_factory() as session, session.begin():
         for job in expired_leases(session):
-            outcome = rescue_expired(session, job, backoff_seconds=backoff_seconds(settings, job.attempts))
+            outcome = rescue_expired(
+                session, job, backoff_seconds=backoff_seconds(settings, job.attempts),
+                hard_limit_seconds=settings.hard_time_limit_for(job.kind),
+            )
             if outcome:
                 counts[outcome] += 1
+    try:
+        pending = pending_job_ids(settings.redis_url, _queues(settings))
+    except redis.RedisError as exc:  # broker down: nothing can be re-sent now anyway
+        log.warning("sweep: cannot read the broker (%s); re-dispatch skipped", exc)
+        return counts
     with session_factory() as session, session.begin():
-        counts["redispatched"] = _redispatch_stale(session, settings)
+        counts["redispatched"] = _redispatch_lost(session, settings, pending)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
 
 
-def _redispatch_stale(session: Session, settings: Settings) -> int:
-    """Re-send the message of queued jobs that no worker picked up in time."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=settings.stale_queued_seconds)
-    pending = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
+def _queues(settings: Settings) -> set[str]:
+    return {settings.queue_for(kind) for kind in ("finetune", "evaluate", "batch_inference")}
+
+
+def _redispatch_lost(session: Session, settings: Settings, pending: set[int]) -> int:
+    """Re-send the message of queued jobs whose message the broker no longer holds (Redis wiped)."""
+    cutoff = utcnow() - timedelta(seconds=settings.redispatch_after_seconds)
+    unsent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
     recent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at > cutoff)
     query = (
         select(Job)
         .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
-        .where((Job.not_before.is_(None)) | (Job.not_before < cutoff))
-        .where(~pending, ~recent)
-        .limit(100)
+        .where(~unsent, ~recent)
+        .order_by(Job.id)
+        .limit(500)
     )
-    jobs = list(session.scalars(query))
+    jobs = [job for job in session.scalars(query) if job.id not in pending]
     for job in jobs:
         enqueue(session, job)
-        add_event(
-            session, job.id, "rescue",
-            f"no worker started this job within {settings.stale_queued_seconds:.0f}s; message re-sent",
-            level="warning",
-        )
+        add_event(session, job.id, "rescue", "the broker lost this job's message; message re-sent",
+                  level="warning")
     return len(jobs)

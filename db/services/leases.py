@@ -118,15 +118,25 @@ def finish_job(
 
 
 def release_job(
-    session: Session, lease: Lease, *, reason: str, delay_seconds: float, code: str = "requeued"
+    session: Session,
+    lease: Lease,
+    *,
+    reason: str,
+    delay_seconds: float,
+    code: str = "requeued",
+    refund_attempt: bool = False,
 ) -> bool:
-    """Hand a running job back to the queue (shutdown, transient error) with a backoff."""
+    """Hand a running job back to the queue (shutdown, transient error) after `delay_seconds`.
+
+    A clean hand-back on shutdown refunds its attempt: deploys must not use up `max_attempts`.
+    """
     now = utcnow()
     job = session.get(Job, lease.job_id)
     done = fenced_update(
         session,
         lease,
         status=JobStatus.QUEUED,
+        attempts=Job.attempts - 1 if refund_attempt else Job.attempts,
         lease_owner=None,
         lease_expires_at=None,
         not_before=now + timedelta(seconds=delay_seconds),
@@ -152,8 +162,10 @@ def expired_leases(session: Session, *, now: datetime | None = None, limit: int 
     return list(session.scalars(query))
 
 
-def rescue_expired(session: Session, job: Job, *, backoff_seconds: float) -> str | None:
-    """Requeue (or fail, past max_attempts) a job whose lease expired; return what was done."""
+def rescue_expired(
+    session: Session, job: Job, *, backoff_seconds: float, hard_limit_seconds: float | None = None
+) -> str | None:
+    """Requeue a job whose lease expired, or fail it (past max_attempts or its hard time limit)."""
     now = utcnow()
     guard = and_(
         Job.id == job.id,
@@ -161,7 +173,18 @@ def rescue_expired(session: Session, job: Job, *, backoff_seconds: float) -> str
         Job.status == JobStatus.RUNNING,
         Job.lease_expires_at < now,
     )
-    if job.attempts >= job.max_attempts:
+    killed_by_limit = (
+        hard_limit_seconds is not None
+        and job.started_at is not None
+        and job.started_at + timedelta(seconds=hard_limit_seconds) <= now
+    )
+    if killed_by_limit:
+        reason = (
+            f"the job ran past its hard time limit of {hard_limit_seconds:.0f} s and its process was "
+            "killed; give it fewer rows or steps, or raise the limit"
+        )
+        values = dict(status=JobStatus.FAILED, finished_at=now, error_code="time_limit", error_message=reason)
+    elif job.attempts >= job.max_attempts:
         reason = (
             f"the worker running this job stopped responding on each of its {job.attempts} "
             "attempts; giving up (max_attempts reached)"

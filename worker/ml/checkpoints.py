@@ -101,6 +101,10 @@ def job_callback(hooks: JobHooks, save_seconds: float):
             self.last_save = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if hooks.stop_requested():  # shutdown or time limit: save a checkpoint, then stop
+                control.should_save = True
+                control.should_training_stop = True
+                return control
             hooks.check()
             total = max(state.max_steps, 1)
             step = state.global_step

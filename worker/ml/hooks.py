@@ -28,6 +28,9 @@ class JobHooks(Protocol):
     def checkpoint_saved(self, path: Path, step: int) -> None:
         """Note that a complete checkpoint was written."""
 
+    def stop_requested(self) -> str | None:
+        """Return why the job should checkpoint and stop ("shutdown", "time_limit"), or None."""
+
 
 class NullHooks:
     """Hooks that record everything in memory; for tests and scripts."""
@@ -45,6 +48,9 @@ class NullHooks:
         self.events.append(("log", message))
 
     def check(self) -> None:
+        return None
+
+    def stop_requested(self) -> str | None:
         return None
 
     def checkpoint_saved(self, path, step) -> None:

@@ -67,6 +67,7 @@ def finetune(
         summary = summary_from_state(finished)
     else:
         model, tokenizer, summary = _train(run, base_model, label_names, train, validation, resume)
+        hooks.check()  # training may have stopped early to checkpoint for a shutdown or time limit
     max_length = effective_max_length(tokenizer, params.max_length)
     metrics = _evaluate_texts(model, tokenizer, validation, label_names, params, max_length, hooks)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,9 @@ class _Run:
 
 
 def _train(run: _Run, base_model: str, label_names, train: Examples, validation: Examples, resume):
+    from transformers import set_seed
+
+    set_seed(run.params.seed)  # the new classification head is initialised the same way every run
     model, tokenizer = load_classifier(base_model, label_names=label_names)
     if run.params.freeze_base:
         for parameter in model.base_model.parameters():

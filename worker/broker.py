@@ -1,0 +1,50 @@
+"""Read what the Redis broker holds, so the sweeper can tell a lost message from a waiting one."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+
+import redis
+
+# kombu's Redis transport keeps one list per priority step: "queue" and "queue\x06\x16N".
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"
+
+
+def pending_job_ids(redis_url: str, queues: Iterable[str]) -> set[int]:
+    """Return the ids of jobs with a message waiting in `queues` or delivered but not acknowledged."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        keys = [q if step == 0 else f"{q}{PRIORITY_SEPARATOR}{step}" for q in set(queues) for step in PRIORITY_STEPS]
+        raw = [m for key in keys for m in client.lrange(key, 0, -1)]
+        raw += [_unwrap_unacked(v) for v in client.hvals(UNACKED_KEY)]
+    finally:
+        client.close()
+    return {job_id for message in raw if (job_id := _job_id(message)) is not None}
+
+
+def _unwrap_unacked(value: bytes) -> bytes | None:
+    try:
+        return json.dumps(json.loads(value)[0]).encode()
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def _job_id(message: bytes | None) -> int | None:
+    """Return the job id a Celery message carries, or None for anything else."""
+    if not message:
+        return None
+    try:
+        envelope = json.loads(message)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        if envelope.get("headers", {}).get("task", "").startswith("jobs.") and args:
+            return int(args[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return None
