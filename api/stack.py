@@ -120,14 +120,16 @@ def api_command(settings: Settings) -> list[str]:
 class Stack:
     """The processes of a one-machine deployment, started in order and stopped in reverse."""
 
-    def __init__(self, settings: Settings, *, log_dir: Path | None = None) -> None:
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None, workers: int = 1) -> None:
         self.settings = settings
         self.redis: EmbeddedRedis | None = None
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.processes: dict[str, subprocess.Popen] = {}
         self.log_dir = log_dir or Path(settings.data_dir).resolve() / "logs"
+        worker_names = ["worker"] if workers == 1 else [f"w{i}" for i in range(1, workers + 1)]
+        self.names = ["api", *worker_names, "beat"]
 
     def start(self, *, redis_url: str | None) -> Settings:
-        """Start Redis (embedded unless `redis_url`), migrate, then API, worker and beat."""
+        """Start Redis (embedded unless `redis_url`), migrate, then API, workers and beat."""
         from db.migrate import upgrade
 
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -137,31 +139,41 @@ class Stack:
             redis_url = self.redis.url
         self.settings = self.settings.with_overrides(redis_url=redis_url)
         upgrade(self.settings.database_url)
-        env = {**os.environ, **self.settings.export_env()}
-        for name, command in (
-            ("api", api_command(self.settings)),
-            ("worker", worker_command(self.settings)),
-            ("beat", beat_command(self.settings)),
-        ):
-            out = open(self.log_dir / f"{name}.log", "ab")
-            self.children.append((name, subprocess.Popen(command, env=env, stdout=out, stderr=out,
-                                                         stdin=subprocess.DEVNULL)))
+        for name in self.names:
+            self.start_process(name)
         return self.settings
 
+    def start_process(self, name: str) -> subprocess.Popen:
+        """Start (or restart) the process called `name`."""
+        if name == "api":
+            command = api_command(self.settings)
+        elif name == "beat":
+            command = beat_command(self.settings)
+        else:
+            command = worker_command(self.settings, name=name)
+        env = {**os.environ, **self.settings.export_env()}
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            self.processes[name] = subprocess.Popen(command, env=env, stdout=out, stderr=out,
+                                                    stdin=subprocess.DEVNULL)
+        return self.processes[name]
+
     def dead(self) -> list[str]:
-        """Return the names of children that have exited."""
-        return [name for name, proc in self.children if proc.poll() is not None]
+        """Return the names of processes that have exited."""
+        return [name for name, proc in self.processes.items() if proc.poll() is not None]
 
     def stop(self) -> None:
-        """Send SIGTERM to every child (worker: warm shutdown), wait, then stop Redis."""
-        for _name, proc in reversed(self.children):
+        """Send SIGTERM to every process (workers: warm shutdown, jobs hand back), wait, stop Redis."""
+        procs = list(self.processes.values())[::-1]
+        for proc in procs:
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for _name, proc in reversed(self.children):
+        for proc in procs:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         if self.redis:
             self.redis.stop()

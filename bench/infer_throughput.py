@@ -31,7 +31,7 @@ def save_classifier(directory: Path) -> str:
     return str(directory)
 
 
-def pipeline_docs_per_second(model_dir: str, texts: list[str]) -> float:
+def pipeline_docs_per_second(model_dir: str, texts: list[str]) -> tuple[float, list[str]]:
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=model_dir, tokenizer=model_dir, device=-1)
@@ -40,25 +40,32 @@ def pipeline_docs_per_second(model_dir: str, texts: list[str]) -> float:
     outputs = classify(texts, batch_size=32, truncation=True, max_length=256)
     elapsed = time.perf_counter() - start
     assert len(outputs) == len(texts)
-    return len(texts) / elapsed
+    return len(texts) / elapsed, [o["label"] for o in outputs]
 
 
-def service_docs_per_second(model_dir: str, texts: list[str], folder: Path) -> tuple[float, float]:
-    """Return (docs/s from submit to done, docs/s of the job's own run time)."""
+def service_runs(model_dir: str, texts: list[str], folder: Path) -> dict[str, dict]:
+    """Run a batch_inference job per precision; return docs/s (submit->done and run time) and labels."""
     docs = folder / "docs.jsonl"
     with open(docs, "w") as out:
         for i, text in enumerate(texts):
             out.write(json.dumps({"id": i, "text": text}) + "\n")
+    runs = {}
     with running_stack() as (client, _settings):
         dataset = client.upload_dataset(docs, text_column="text")
-        start = time.perf_counter()
-        job = client.submit("batch_inference", {"model": model_dir, "dataset_id": dataset["id"], "max_length": 256})
-        job = client.wait(job["id"], timeout=7200, poll=0.5)
-        elapsed = time.perf_counter() - start
-        assert job["status"] == "succeeded", job["error"]
-        assert job["result"]["rows_ok"] == len(texts), job["result"]
-        run = (_ts(job["finished_at"]) - _ts(job["started_at"])).total_seconds()
-    return len(texts) / elapsed, len(texts) / run
+        for precision in ("auto", "fp32"):
+            start = time.perf_counter()
+            job = client.submit("batch_inference", {"model": model_dir, "dataset_id": dataset["id"],
+                                                    "max_length": 256, "precision": precision})
+            job = client.wait(job["id"], timeout=7200, poll=0.5)
+            elapsed = time.perf_counter() - start
+            assert job["status"] == "succeeded", job["error"]
+            assert job["result"]["rows_ok"] == len(texts), job["result"]
+            run = (_ts(job["finished_at"]) - _ts(job["started_at"])).total_seconds()
+            output = client.download_output(job["id"], folder / f"predictions-{precision}.jsonl")
+            labels = [json.loads(line)["label"] for line in output.open()]
+            runs[precision] = {"total": len(texts) / elapsed, "run": len(texts) / run, "labels": labels,
+                               "dtype": job["result"]["precision"]}
+    return runs
 
 
 def _ts(value: str) -> datetime:
@@ -72,13 +79,17 @@ def main() -> None:
     texts = [text for text, _label in sst2_rows(args.docs, seed=21)]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_classifier(Path(tmp) / "model")
-        service_total, service_run = service_docs_per_second(model_dir, texts, Path(tmp))
-        baseline = pipeline_docs_per_second(model_dir, texts)
+        runs = service_runs(model_dir, texts, Path(tmp))
+        baseline, baseline_labels = pipeline_docs_per_second(model_dir, texts)
     print(f"command: {command_line()}")
     print(f"documents: {len(texts)} SST-2 sentences, model all-MiniLM-L6-v2 (2-label head), CPU")
-    print(f"pipeline(batch_size=32)        {baseline:8.1f} docs/s")
-    print(f"batch_inference job, submit->done {service_total:8.1f} docs/s  ({service_total / baseline:.2f}x)")
-    print(f"batch_inference job, run time     {service_run:8.1f} docs/s  ({service_run / baseline:.2f}x)")
+    print(f"{'':40}{'docs/s':>9}{'vs pipeline':>13}{'same label as pipeline':>24}")
+    print(f"{'pipeline(batch_size=32), fp32':40}{baseline:9.1f}{'1.00x':>13}{'':>24}")
+    for precision, run in runs.items():
+        agree = sum(a == b for a, b in zip(run["labels"], baseline_labels)) / len(texts)
+        for what, rate in (("submit->done", run["total"]), ("run time", run["run"])):
+            name = f"job precision={precision} ({run['dtype']}), {what}"
+            print(f"{name:40}{rate:9.1f}{rate / baseline:12.2f}x{agree:23.2%}")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ class JobContext:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.settings.heartbeat_seconds + 5)
-        self.flush()
+        if not self.lost.is_set():  # a lost lease must not be extended on the way out
+            self.flush()
 
     def flush(self) -> None:
         """Write progress and buffered events if this attempt still owns the job."""

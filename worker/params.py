@@ -74,6 +74,10 @@ class EvaluateParams(_Params):
     dataset_id: int
     batch_size: int = Field(default=64, ge=1, le=4096)
     max_length: int = Field(default=128, ge=8, le=8192)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 on a GPU or CPU with native bf16 (fp16 on older GPUs), else fp32.",
+    )
 
 
 class BatchInferenceParams(_Params):
@@ -90,6 +94,10 @@ class BatchInferenceParams(_Params):
     )
     max_batch_size: int = Field(default=128, ge=1, le=4096)
     chunk_rows: int = Field(default=2048, ge=16, le=1_000_000, description="Rows committed together.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 on a GPU or CPU with native bf16 (fp16 on older GPUs), else fp32.",
+    )
 
 
 PARAMS_BY_KIND: dict[str, type[_Params]] = {

@@ -70,5 +70,5 @@ def _redispatch_lost(session: Session, settings: Settings, pending: set[int]) ->
     for job in jobs:
         enqueue(session, job)
         add_event(session, job.id, "rescue", "the broker lost this job's message; message re-sent",
-                  level="warning")
+                  data={"action": "redispatch"}, level="warning")
     return len(jobs)

@@ -33,6 +33,7 @@ def run(context: JobContext) -> Finalize:
         label_column=dataset.label_column,
         batch_size=params.batch_size,
         max_length=params.max_length,
+        precision=params.precision,
         hooks=context,
     )
 

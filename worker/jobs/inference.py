@@ -44,7 +44,7 @@ def run(context: JobContext) -> Finalize:
     context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
     predictor = get_task(context.job.task).Predictor(
         model_path, max_length=params.max_length, batch_tokens=params.batch_tokens,
-        max_batch_size=params.max_batch_size,
+        max_batch_size=params.max_batch_size, precision=params.precision,
     )
     rows = iter_rows(Path(dataset.path))
     for index, chunk in enumerate(_chunks(rows, params.chunk_rows)):
@@ -63,6 +63,7 @@ def run(context: JobContext) -> Finalize:
         "predictions": str(predictions),
         "errors": str(errors),
         "label_names": predictor.label_names,
+        "precision": predictor.precision,
     }
     return lambda session: {"result": summary, "output_path": str(predictions)}
 

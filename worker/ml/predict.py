@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.ml.device import pick_device, resolve_precision, torch_dtype
+from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
 from worker.ml.loading import label_names_of, load_classifier
 
 # Measured with MiniLM on 2 CPU cores: past about 2k padded tokens a batch gets slower per token
@@ -27,6 +27,7 @@ class Predictor:
         max_length: int,
         batch_tokens: int,
         max_batch_size: int,
+        precision: str = "auto",
         num_threads: int | None = None,
     ) -> None:
         import torch
@@ -36,8 +37,8 @@ class Predictor:
             torch.set_num_threads(num_threads)
         self.device = pick_device()
         self.model, self.tokenizer = load_classifier(model_dir)
-        dtype = torch_dtype(resolve_precision("auto", self.device))
-        self.model.to(device=self.device, dtype=dtype).eval()
+        self.precision = resolve_inference_precision(precision, self.device)
+        self.model.to(device=self.device, dtype=torch_dtype(self.precision)).eval()
         self.label_names = label_names_of(self.model)
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens = batch_tokens

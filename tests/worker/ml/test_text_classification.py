@@ -211,7 +211,7 @@ def test_evaluate_returns_metrics_of_a_trained_model(trained_model, tmp_path, se
         batch_size=8, max_length=64, hooks=hooks,
     )
 
-    assert set(metrics) == METRIC_KEYS | {"rows"}
+    assert set(metrics) == METRIC_KEYS | {"rows", "dtype"}
     assert metrics["rows"] == metrics["support"] == 30
     assert metrics["accuracy"] >= 0.8
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 30

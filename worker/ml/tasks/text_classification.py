@@ -257,11 +257,13 @@ def evaluate(
     batch_size: int,
     max_length: int,
     hooks: JobHooks,
+    precision: str = "auto",
 ) -> dict:
     """Score a classifier on a labelled dataset; returns classification metrics plus "rows"."""
     examples = read_labelled(data_path, text_column, label_column, "evaluation")
     predictor = Predictor(
-        model_dir, max_length=max_length, batch_tokens=batch_size * max_length, max_batch_size=batch_size
+        model_dir, max_length=max_length, batch_tokens=batch_size * max_length, max_batch_size=batch_size,
+        precision=precision,
     )
     unknown_message = f"the dataset has labels that model '{model_dir}' does not know"
     check_labels(predictor.label_names, examples.labels, unknown_message)
@@ -269,6 +271,7 @@ def evaluate(
     predicted = [predictor.label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
     metrics = classification_metrics(examples.labels, predicted, predictor.label_names)
     metrics["rows"] = len(examples.texts)
+    metrics["dtype"] = predictor.precision
     return metrics
 
 

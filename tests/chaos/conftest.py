@@ -1,0 +1,216 @@
+"""Real processes to break: embedded Redis, gunicorn, two Celery workers, beat, PostgreSQL behind a proxy.
+
+Leases, heartbeats, sweeps and the Redis visibility timeout are shortened to seconds so that every
+recovery path runs within a test; the invariants of RELIABILITY.md are checked after each scenario.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import select
+
+from api.cli import _wait_for_api, ensure_local_token
+from api.client import Client
+from api.stack import EmbeddedRedis, Stack, free_port
+from db.enums import TERMINAL_STATUSES
+from db.models import InferenceChunk, Job, JobEvent
+from db.session import make_engine, make_session_factory
+from tests.chaos.proxy import TcpProxy
+from tests.conftest import create_postgres_database, drop_postgres_database
+from worker.config import Settings
+
+pytestmark = pytest.mark.chaos
+
+CHAOS_SETTINGS = dict(
+    lease_seconds=4.0, heartbeat_seconds=0.5, sweep_seconds=1.0, relay_seconds=0.5,
+    redispatch_after_seconds=3.0, retry_backoff_seconds=1.0, max_attempts=3,
+    visibility_timeout_seconds=6, api_workers=2, max_upload_bytes=2_000_000,
+)
+WORDS = {"pos": "good great lovely excellent superb fine".split(), "neg": "bad awful terrible poor nasty sad".split()}
+
+
+def write_reviews(path: Path, rows: int, *, seed: int, labelled: bool = True) -> Path:
+    """Write a small synthetic sentiment CSV."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "label"] if labelled else ["id", "text"])
+        for i in range(rows):
+            label = rng.choice(["pos", "neg"])
+            text = " ".join(rng.choices(WORDS[label], k=rng.randint(2, 12)))
+            writer.writerow([f"r{i}", text, label] if labelled else [f"r{i}", text])
+    return path
+
+
+class ChaosSystem(Stack):
+    """A deployment with two workers, its database behind a proxy the tests can cut."""
+
+    def __init__(self, data_dir: Path, database_url: str, **overrides) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url  # direct: the tests' own view of the truth
+        host_port = database_url.split("@", 1)[1].split("/", 1)[0]
+        host, _, port = host_port.partition(":")
+        self.proxy = TcpProxy(host, int(port or 5432)).start()
+        proxied = database_url.replace(host_port, f"127.0.0.1:{self.proxy.port}")
+        settings = Settings.from_env(data_dir=str(data_dir), database_url=proxied, api_port=free_port(),
+                                     **{**CHAOS_SETTINGS, **overrides})
+        super().__init__(settings, log_dir=data_dir, workers=2)
+        self.session_factory = make_session_factory(make_engine(database_url))
+
+    def start(self) -> "ChaosSystem":
+        self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+        super().start(redis_url=self.redis.url)
+        _wait_for_api(self.settings, self)
+        self.client = Client(self.settings.base_url, ensure_local_token(self.settings), timeout=60)
+        return self
+
+    def ensure_running(self) -> None:
+        """Restart whatever a scenario stopped, so the next one starts whole."""
+        if self.redis.process.poll() is not None:
+            self.redis.start()
+        if self.proxy._listener is None:
+            self.proxy.start()
+        for name in self.dead():
+            self.start_process(name)
+
+    def stop(self) -> None:
+        super().stop()
+        self.proxy.cut()
+        self.session_factory.kw["bind"].dispose()
+
+    # -- looking and breaking ----------------------------------------------------------------
+    def job(self, job_id: int) -> Job:
+        with self.session_factory() as session:
+            return session.get(Job, job_id)
+
+    def job_pid(self, job_id: int) -> int:
+        """Return the pid of the process holding the job's lease."""
+        owner = self.job(job_id).lease_owner
+        assert owner, f"job {job_id} has no lease owner"
+        return int(owner.rsplit(":", 1)[1])
+
+    def worker_of(self, pid: int) -> str:
+        """Return the name of the worker whose pool process `pid` is."""
+        parent = psutil.Process(pid).parent().pid
+        return next(name for name, proc in self.processes.items() if proc.pid == parent)
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        with self.session_factory() as session:
+            return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+    def log(self, name: str) -> str:
+        return (self.data_dir / f"{name}.log").read_text(errors="replace")
+
+
+def wait_until(predicate, *, timeout: float, message: str, interval: float = 0.2):
+    """Poll `predicate` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting until {message}")
+
+
+def check_invariants(system: ChaosSystem, job_ids: list[int]) -> None:
+    """Assert RELIABILITY.md's invariants for the given jobs."""
+    for job_id in job_ids:
+        job = system.job(job_id)
+        events = system.events(job_id)
+        assert job.status in TERMINAL_STATUSES, f"job {job_id} stuck in {job.status}"
+        terminal = [e for e in events if e.type == "status" and e.data.get("status") in TERMINAL_STATUSES]
+        assert len(terminal) == 1, f"job {job_id} ended {len(terminal)} times"
+        starts = [e for e in events if e.type == "status" and e.data.get("status") == "running"]
+        handbacks = Counter(e.data.get("action") for e in events if e.type == "rescue")
+        returned = handbacks["lease_expired"] + handbacks["shutdown"] + handbacks["requeued"]
+        assert job.attempts == len(starts) - handbacks["shutdown"], f"job {job_id}: attempts != starts"
+        assert len(starts) - returned == (1 if starts else 0), f"job {job_id}: starts and rescues disagree"
+        _check_fencing(job_id, starts, events)
+        if job.kind == "batch_inference" and job.status == "succeeded":
+            _check_one_result_per_row(system, job)
+
+
+def _check_fencing(job_id: int, starts: list[JobEvent], events: list[JobEvent]) -> None:
+    """No attempt wrote anything after a newer attempt took the job (never two live leases)."""
+    epochs = [e.epoch for e in starts]
+    assert epochs == sorted(set(epochs)), f"job {job_id}: epochs not strictly increasing {epochs}"
+    taken_over_at = {e.epoch: e.id for e in starts}
+    for event in events:
+        newer = [eid for epoch, eid in taken_over_at.items() if event.epoch is not None and epoch > event.epoch]
+        assert not newer or event.id < min(newer), f"job {job_id}: epoch {event.epoch} wrote after a takeover"
+
+
+def _check_one_result_per_row(system: ChaosSystem, job: Job) -> None:
+    import json
+
+    rows = [json.loads(line)["row"] for line in open(job.output_path)]
+    errors_path = Path(job.output_path).with_name("errors.jsonl")
+    rows += [json.loads(line)["row"] for line in open(errors_path)]
+    assert sorted(rows) == list(range(job.progress_total)), f"job {job.id}: rows missing or repeated"
+    with system.session_factory() as session:
+        chunks = session.scalars(select(InferenceChunk).where(InferenceChunk.job_id == job.id)).all()
+    assert len({c.chunk_index for c in chunks}) == len(chunks)
+
+
+@pytest.fixture(scope="session")
+def chaos_database():
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture(scope="module")
+def chaos(chaos_database, tmp_path_factory):
+    """A running system shared by a module's scenarios."""
+    system = ChaosSystem(tmp_path_factory.mktemp("chaos"), chaos_database).start()
+    try:
+        yield system
+    finally:
+        system.stop()
+        if os.environ.get("NIGHTSHIFT_TEST_SHOW_LOGS"):
+            for name in system.processes:
+                print(f"==== {name}\n{system.log(name)[-4000:]}")
+
+
+@pytest.fixture(autouse=True)
+def _whole_system(request):
+    """Start each scenario with every process up (a previous one may have stopped some)."""
+    if "chaos" in request.fixturenames:
+        system = request.getfixturevalue("chaos")
+        system.ensure_running()
+        _wait_for_api(system.settings, system)
+    yield
+
+
+@pytest.fixture(scope="module")
+def train_dataset(chaos, tmp_path_factory):
+    path = write_reviews(tmp_path_factory.mktemp("train") / "train.csv", 160, seed=1)
+    return chaos.client.upload_dataset(path, text_column="text", label_column="label")
+
+
+@pytest.fixture(scope="module")
+def trained_model(chaos, train_dataset, tiny_model):
+    """A registered tiny classifier the evaluate and batch scenarios use."""
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=20, name="chaos-base"))
+    job = chaos.client.wait(job["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    return job["result"]["model"]
+
+
+def finetune_params(tiny_model, dataset, *, max_steps: int, name: str | None = None, save_steps: int = 25) -> dict:
+    """Fine-tune parameters for the tiny model: seconds of training, several checkpoints."""
+    params = {"base_model": str(tiny_model), "train_dataset_id": dataset["id"], "max_steps": max_steps,
+              "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 10, "save_steps": save_steps,
+              "max_length": 32}
+    if name:
+        params["model_name"] = name
+    return params

@@ -1,0 +1,140 @@
+"""Scenarios 1-4, 8, 9, 13: workers killed, terminated, stopped and crashing, mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from safetensors.torch import load_file
+from sqlalchemy import select
+
+from db.models import InferenceChunk
+
+from tests.chaos.conftest import check_invariants, finetune_params, wait_until, write_reviews
+
+pytestmark = pytest.mark.chaos
+
+
+def wait_for_step(chaos, job_id: int, step: int, timeout: float = 120) -> None:
+    wait_until(lambda: (chaos.job(job_id).progress_done or 0) >= step and chaos.job(job_id).status == "running",
+               timeout=timeout, message=f"job {job_id} trains past step {step}")
+
+
+def checkpoints_saved(chaos, job_id: int) -> list[int]:
+    return [e.step for e in chaos.events(job_id) if e.message.startswith("checkpoint saved")]
+
+
+def test_1_sigkill_mid_finetune_resumes_from_the_last_marked_checkpoint(chaos, tiny_model, train_dataset):
+    params = finetune_params(tiny_model, train_dataset, max_steps=200, save_steps=25)
+    killed = chaos.client.submit("finetune", params)
+    wait_until(lambda: len(checkpoints_saved(chaos, killed["id"])) >= 2, timeout=120,
+               message="two checkpoints are saved")
+    os.kill(chaos.job_pid(killed["id"]), signal.SIGKILL)
+    job = chaos.client.wait(killed["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+    resumed = job["result"]["train"]["resumed_from_step"]
+    assert resumed in checkpoints_saved(chaos, killed["id"]) and resumed >= 50
+    assert job["result"]["train"]["global_step"] == 200
+    check_invariants(chaos, [killed["id"]])
+
+    clean = chaos.client.wait(chaos.client.submit("finetune", params)["id"], timeout=180)
+    assert clean["status"] == "succeeded" and clean["attempts"] == 1
+    resumed_weights = load_file(f"{chaos.job(killed['id']).output_path}/model.safetensors")
+    clean_weights = load_file(f"{chaos.job(clean['id']).output_path}/model.safetensors")
+    worst = max((resumed_weights[k] - clean_weights[k]).abs().max().item() for k in clean_weights)
+    assert worst < 1e-4, f"the resumed model differs from an uninterrupted run by {worst}"
+
+
+def test_2_sigterm_checkpoints_hands_back_and_the_job_finishes_once(chaos, tiny_model, train_dataset):
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=300, save_steps=1000))
+    wait_for_step(chaos, job["id"], 40)
+    worker = chaos.worker_of(chaos.job_pid(job["id"]))
+    stopping_at = time.monotonic()
+    chaos.processes[worker].terminate()  # what a deploy sends
+    chaos.processes[worker].wait(timeout=60)
+    assert time.monotonic() - stopping_at < 60
+    done = chaos.client.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 1  # a clean hand-back does not use up an attempt
+    assert done["result"]["train"]["resumed_from_step"] >= 40  # the shutdown checkpoint, not step 0
+    handback = [e for e in chaos.events(job["id"]) if e.type == "rescue"]
+    assert [e.data["action"] for e in handback] == ["shutdown"]
+    check_invariants(chaos, [job["id"]])
+
+
+def test_3_a_checkpoint_torn_by_a_kill_is_ignored_on_resume(chaos, tiny_model, train_dataset):
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=200, save_steps=25))
+    wait_until(lambda: checkpoints_saved(chaos, job["id"]), timeout=120, message="a checkpoint is saved")
+    os.kill(chaos.job_pid(job["id"]), signal.SIGKILL)
+    # What a kill in the middle of a save leaves: a newer directory without the COMPLETE marker.
+    torn = chaos.data_dir / "checkpoints" / f"job-{job['id']}" / "checkpoint-175"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"\x00" * 100)
+    done = chaos.client.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["train"]["resumed_from_step"] < 175
+    assert any("removed incomplete checkpoint checkpoint-175" in e.message for e in chaos.events(job["id"]))
+    check_invariants(chaos, [job["id"]])
+
+
+def test_4_redelivery_after_the_visibility_timeout_is_dropped_at_claim(chaos, tiny_model, train_dataset):
+    # The system runs with a 6 s visibility timeout; this job runs well past it.
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=600, save_steps=1000))
+    started = time.monotonic()
+    done = chaos.client.wait(job["id"], timeout=240)
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert time.monotonic() - started > chaos.settings.visibility_timeout_seconds
+    dropped = f"job {job['id']}: not claimable"
+    wait_until(lambda: any(dropped in chaos.log(w) for w in ("w1", "w2")), timeout=30,
+               message="the redelivered message is dropped")
+    check_invariants(chaos, [job["id"]])
+
+
+def test_8_a_stopped_worker_past_its_lease_is_fenced_when_it_wakes(chaos, tiny_model, train_dataset):
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=300, save_steps=50))
+    wait_for_step(chaos, job["id"], 60)
+    pid = chaos.job_pid(job["id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: chaos.job(job["id"]).epoch >= 2, timeout=60, message="another attempt takes the job")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    done = chaos.client.wait(job["id"], timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    assert chaos.job(job["id"]).epoch >= 2
+    check_invariants(chaos, [job["id"]])
+
+
+def test_9_a_job_that_kills_its_process_every_time_fails_after_max_attempts(chaos, tiny_model, train_dataset):
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=100_000))
+    for attempt in range(1, 4):
+        wait_until(lambda: chaos.job(job["id"]).status == "running" and chaos.job(job["id"]).attempts == attempt,
+                   timeout=90, message=f"attempt {attempt} starts")
+        os.kill(chaos.job_pid(job["id"]), signal.SIGKILL)
+    failed = chaos.client.wait(job["id"], timeout=90)
+    assert failed["status"] == "failed" and failed["attempts"] == 3
+    assert failed["error"]["code"] == "worker_lost" and "max_attempts" in failed["error"]["message"]
+    check_invariants(chaos, [job["id"]])
+
+
+def test_13_kill_mid_batch_resumes_and_writes_one_line_per_row(chaos, trained_model, tmp_path):
+    docs = chaos.client.upload_dataset(write_reviews(tmp_path / "docs.csv", 20_000, seed=5, labelled=False),
+                                       text_column="text")
+    job = chaos.client.submit("batch_inference", {"model": trained_model, "dataset_id": docs["id"],
+                                                  "chunk_rows": 200})
+    wait_until(lambda: (chaos.job(job["id"]).progress_done or 0) >= 2000, timeout=120,
+               message="several chunks are committed")
+    first_attempt_rows = chaos.job(job["id"]).progress_done
+    os.kill(chaos.job_pid(job["id"]), signal.SIGKILL)
+    done = chaos.client.wait(job["id"], timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["result"]["rows"] == 20_000
+    with chaos.session_factory() as session:
+        chunks = session.scalars(select(InferenceChunk).where(InferenceChunk.job_id == job["id"])).all()
+    first_epoch = min(c.epoch for c in chunks)
+    kept = sum(c.rows_ok + c.rows_failed for c in chunks if c.epoch == first_epoch)
+    assert kept >= first_attempt_rows  # finished chunks were not redone
+    check_invariants(chaos, [job["id"]])
