@@ -12,6 +12,8 @@ def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for `settings`; nothing connects until it is used."""
     app = Celery("nightshift", broker=settings.redis_url, include=["worker.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.unacked_restore_seconds:
+        transport |= {"unacked_restore_interval": settings.unacked_restore_seconds, "unacked_restore_throttle": 1}
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,  # safe: attempts are capped on the job row
@@ -33,7 +35,6 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
         worker_send_task_events=False,
         timezone="UTC",
     )

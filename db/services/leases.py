@@ -146,7 +146,8 @@ def release_job(
     if done:
         session.refresh(job)
         enqueue(session, job, delay_seconds=delay_seconds)
-        add_event(session, job.id, "rescue", reason, data={"delay_seconds": delay_seconds}, epoch=lease.epoch)
+        add_event(session, job.id, "rescue", reason, data={"action": code, "delay_seconds": delay_seconds},
+                  epoch=lease.epoch)
     return done
 
 
@@ -204,7 +205,8 @@ def rescue_expired(
     session.refresh(job)
     if job.status == JobStatus.QUEUED:
         enqueue(session, job, delay_seconds=backoff_seconds)
-        add_event(session, job.id, "rescue", reason, data={"attempt": job.attempts}, level="warning")
+        add_event(session, job.id, "rescue", reason, data={"action": "lease_expired", "attempt": job.attempts},
+                  level="warning")
         return "requeued"
     add_event(session, job.id, "status", f"job failed: {reason}", data={"status": "failed"}, level="error")
     return "failed"

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.chaos
 CHAOS_SETTINGS = dict(
     lease_seconds=4.0, heartbeat_seconds=0.5, sweep_seconds=1.0, relay_seconds=0.5,
     redispatch_after_seconds=3.0, retry_backoff_seconds=1.0, max_attempts=3,
-    visibility_timeout_seconds=6, api_workers=2, max_upload_bytes=2_000_000,
+    visibility_timeout_seconds=6, unacked_restore_seconds=1, api_workers=2, max_upload_bytes=2_000_000,
 )
 WORDS = {"pos": "good great lovely excellent superb fine".split(), "neg": "bad awful terrible poor nasty sad".split()}
 
@@ -96,6 +96,18 @@ class ChaosSystem(Stack):
         owner = self.job(job_id).lease_owner
         assert owner, f"job {job_id} has no lease owner"
         return int(owner.rsplit(":", 1)[1])
+
+    def kill_tree(self, name: str) -> None:
+        """SIGKILL a process and its children at once (a crashed host, not a shutdown)."""
+        main = psutil.Process(self.processes[name].pid)
+        family = [*main.children(recursive=True), main]
+        for proc in family:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.processes[name].wait()
+        psutil.wait_procs(family, timeout=10)
 
     def worker_of(self, pid: int) -> str:
         """Return the name of the worker whose pool process `pid` is."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +9,7 @@ import pytest
 import redis
 import requests
 
+from api.cli import _wait_for_api
 from tests.chaos.conftest import check_invariants, finetune_params, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -52,10 +52,10 @@ def test_6_api_killed_after_commit_before_publish_the_relay_publishes(chaos, tra
     chaos.redis.stop()  # the API commits the job but cannot publish its message
     job = chaos.client.submit("evaluate", {"model": trained_model, "dataset_id": train_dataset["id"]})
     assert job["status"] == "queued"
-    chaos.processes["api"].send_signal(signal.SIGKILL)
-    chaos.processes["api"].wait()
+    chaos.kill_tree("api")
     chaos.redis.start()
     chaos.start_process("api")
+    _wait_for_api(chaos.settings, chaos)
     done = chaos.client.wait(job["id"], timeout=120)
     assert done["status"] == "succeeded", done["error"]
     check_invariants(chaos, [job["id"]])

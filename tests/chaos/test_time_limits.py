@@ -17,8 +17,9 @@ GRACE_SECONDS = 4
 
 @pytest.fixture(scope="module")
 def limited(chaos_database, tmp_path_factory):
-    """A system whose fine-tunes may run only a few seconds."""
-    system = ChaosSystem(tmp_path_factory.mktemp("limited"), chaos_database,
+    """A system whose fine-tunes may run only a few seconds; leases outlast the hard limit, so that
+    a job killed by it is seen by the sweeper as killed by its limit, not as a lost worker."""
+    system = ChaosSystem(tmp_path_factory.mktemp("limited"), chaos_database, lease_seconds=20.0,
                          time_limit_finetune=SOFT_LIMIT_SECONDS, time_limit_grace_seconds=GRACE_SECONDS).start()
     try:
         yield system

@@ -32,11 +32,13 @@ def test_1_sigkill_mid_finetune_resumes_from_the_last_marked_checkpoint(chaos, t
     wait_until(lambda: len(checkpoints_saved(chaos, killed["id"])) >= 2, timeout=120,
                message="two checkpoints are saved")
     os.kill(chaos.job_pid(killed["id"]), signal.SIGKILL)
+    saved_before_kill = max(checkpoints_saved(chaos, killed["id"]))
     job = chaos.client.wait(killed["id"], timeout=180)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2
     resumed = job["result"]["train"]["resumed_from_step"]
-    assert resumed in checkpoints_saved(chaos, killed["id"]) and resumed >= 50
+    # Events are flushed with heartbeats, so the newest checkpoint may have no event yet.
+    assert resumed >= saved_before_kill and resumed % params["save_steps"] == 0
     assert job["result"]["train"]["global_step"] == 200
     check_invariants(chaos, [killed["id"]])
 
@@ -82,7 +84,7 @@ def test_3_a_checkpoint_torn_by_a_kill_is_ignored_on_resume(chaos, tiny_model, t
 
 def test_4_redelivery_after_the_visibility_timeout_is_dropped_at_claim(chaos, tiny_model, train_dataset):
     # The system runs with a 6 s visibility timeout; this job runs well past it.
-    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=600, save_steps=1000))
+    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=1500, save_steps=1000))
     started = time.monotonic()
     done = chaos.client.wait(job["id"], timeout=240)
     assert done["status"] == "succeeded" and done["attempts"] == 1
