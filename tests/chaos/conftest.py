@@ -7,6 +7,7 @@ recovery path runs within a test; the invariants of RELIABILITY.md are checked a
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import time
@@ -138,10 +139,11 @@ def check_invariants(system: ChaosSystem, job_ids: list[int]) -> None:
     for job_id in job_ids:
         job = system.job(job_id)
         events = system.events(job_id)
-        assert job.status in TERMINAL_STATUSES, f"job {job_id} stuck in {job.status}"
         terminal = [e for e in events if e.type == "status" and e.data.get("status") in TERMINAL_STATUSES]
-        assert len(terminal) == 1, f"job {job_id} ended {len(terminal)} times"
         starts = [e for e in events if e.type == "status" and e.data.get("status") == "running"]
+        _record_recovery(job, starts, events, ends=len(terminal))  # before asserting: failures count too
+        assert job.status in TERMINAL_STATUSES, f"job {job_id} stuck in {job.status}"
+        assert len(terminal) == 1, f"job {job_id} ended {len(terminal)} times"
         handbacks = Counter(e.data.get("action") for e in events if e.type == "rescue")
         returned = handbacks["lease_expired"] + handbacks["shutdown"] + handbacks["requeued"]
         assert job.attempts == len(starts) - handbacks["shutdown"], f"job {job_id}: attempts != starts"
@@ -149,6 +151,26 @@ def check_invariants(system: ChaosSystem, job_ids: list[int]) -> None:
         _check_fencing(job_id, starts, events)
         if job.kind == "batch_inference" and job.status == "succeeded":
             _check_one_result_per_row(system, job)
+
+
+def _record_recovery(job: Job, starts: list[JobEvent], events: list[JobEvent], *, ends: int) -> None:
+    """With NIGHTSHIFT_CHAOS_REPORT set, append how long each rescued job waited between attempts.
+
+    A measurement for RELIABILITY.md's table, not an assertion: the gap from the last event of an
+    attempt to the start of the next.
+    """
+    report = os.environ.get("NIGHTSHIFT_CHAOS_REPORT")
+    if not report:
+        return
+    gaps = []
+    for previous, start in zip(starts, starts[1:]):
+        last = max((e.created_at for e in events if e.epoch == previous.epoch and e.id < start.id),
+                   default=previous.created_at)
+        gaps.append((start.created_at - last).total_seconds())
+    scenario = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    with open(report, "a") as out:
+        out.write(json.dumps({"scenario": scenario, "job": job.id, "status": job.status,
+                              "attempts": job.attempts, "ends": ends, "recovery_seconds": gaps}) + "\n")
 
 
 def _check_fencing(job_id: int, starts: list[JobEvent], events: list[JobEvent]) -> None:
@@ -162,8 +184,6 @@ def _check_fencing(job_id: int, starts: list[JobEvent], events: list[JobEvent]) 
 
 
 def _check_one_result_per_row(system: ChaosSystem, job: Job) -> None:
-    import json
-
     rows = [json.loads(line)["row"] for line in open(job.output_path)]
     errors_path = Path(job.output_path).with_name("errors.jsonl")
     rows += [json.loads(line)["row"] for line in open(errors_path)]

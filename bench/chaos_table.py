@@ -1,0 +1,59 @@
+"""Run the failure suite several times and print RELIABILITY.md's table from what it recorded.
+
+Each scenario's invariants (one terminal state, no stale-epoch writes, one result per row, attempts
+matching rescues) are asserted by the tests themselves; this script counts the runs, the jobs they
+checked, and the measured gap between a broken attempt and the next one.
+
+    python bench/chaos_table.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+
+from _common import REPO, command_line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    runs_passed = 0
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as report:
+        env = {**os.environ, "NIGHTSHIFT_CHAOS_REPORT": report.name}
+        for _ in range(args.repeat):
+            result = subprocess.run([sys.executable, "-m", "pytest", "tests/chaos", "-q", "-p", "no:cacheprovider"],
+                                    cwd=REPO, env=env, capture_output=True, text=True)
+            print(result.stdout.strip().splitlines()[-1], flush=True)
+            runs_passed += result.returncode == 0
+        records = [json.loads(line) for line in open(report.name)]
+    by_scenario = defaultdict(list)
+    for record in records:
+        by_scenario[record["scenario"]].append(record)
+    print(f"command: {command_line()}")
+    print(f"suite runs: {args.repeat}, fully green: {runs_passed}")
+    print("| scenario | jobs checked | lost | duplicated | rescues | recovery median / worst (s) |")
+    print("|---|---|---|---|---|---|")
+    for scenario in sorted(by_scenario, key=_number):
+        rows = by_scenario[scenario]
+        gaps = [g for r in rows for g in r["recovery_seconds"]]
+        lost = sum(r["status"] not in ("succeeded", "failed", "cancelled") for r in rows)
+        duplicated = sum(r["ends"] > 1 for r in rows)
+        recovery = f"{statistics.median(gaps):.1f} / {max(gaps):.1f}" if gaps else "-"
+        print(f"| {scenario} | {len(rows)} | {lost} | {duplicated} | {len(gaps)} | {recovery} |")
+
+
+def _number(scenario: str) -> tuple[int, str]:
+    digits = "".join(c for c in scenario.split("_")[1] if c.isdigit()) if "_" in scenario else ""
+    return (int(digits) if digits else 99, scenario)
+
+
+if __name__ == "__main__":
+    main()
