@@ -108,6 +108,18 @@ def session_factory(database_url):
 
 
 @pytest.fixture
+def job_id(session_factory):
+    """A queued evaluate job (two attempts allowed) of tenant "acme"."""
+    from db.services.jobs import create_job
+
+    with session_factory() as session, session.begin():
+        tenant = get_or_create_tenant(session, "acme")
+        job, _ = create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
+                            params={"model": "m", "dataset_id": 1}, queue="cpu", max_attempts=2)
+        return job.id
+
+
+@pytest.fixture
 def app(database_url, redis_url, tmp_path):
     from api import create_app
 

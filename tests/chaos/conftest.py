@@ -6,11 +6,8 @@ recovery path runs within a test; the invariants of RELIABILITY.md are checked a
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from db.models import InferenceChunk, Job, JobEvent
 from db.session import make_engine, make_session_factory
 from tests.chaos.proxy import TcpProxy
 from tests.conftest import create_postgres_database, drop_postgres_database
+from tests.helpers import wait_until, write_reviews  # noqa: F401  (re-exported to the scenarios)
 from worker.config import Settings
 
 pytestmark = pytest.mark.chaos
@@ -35,22 +33,6 @@ CHAOS_SETTINGS = dict(
     redispatch_after_seconds=3.0, retry_backoff_seconds=1.0, max_attempts=3,
     visibility_timeout_seconds=6, unacked_restore_seconds=1, api_workers=2, max_upload_bytes=2_000_000,
 )
-WORDS = {"pos": "good great lovely excellent superb fine".split(), "neg": "bad awful terrible poor nasty sad".split()}
-
-
-def write_reviews(path: Path, rows: int, *, seed: int, labelled: bool = True) -> Path:
-    """Write a small synthetic sentiment CSV."""
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text", "label"] if labelled else ["id", "text"])
-        for i in range(rows):
-            label = rng.choice(["pos", "neg"])
-            text = " ".join(rng.choices(WORDS[label], k=rng.randint(2, 12)))
-            writer.writerow([f"r{i}", text, label] if labelled else [f"r{i}", text])
-    return path
-
-
 class ChaosSystem(Stack):
     """A deployment with two workers, its database behind a proxy the tests can cut."""
 
@@ -121,17 +103,6 @@ class ChaosSystem(Stack):
 
     def log(self, name: str) -> str:
         return (self.data_dir / f"{name}.log").read_text(errors="replace")
-
-
-def wait_until(predicate, *, timeout: float, message: str, interval: float = 0.2):
-    """Poll `predicate` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting until {message}")
 
 
 def check_invariants(system: ChaosSystem, job_ids: list[int]) -> None:

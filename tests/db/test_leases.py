@@ -16,15 +16,6 @@ from db.services.leases import claim_job, finish_job, renew_lease, rescue_expire
 from db.services.tenants import get_or_create_tenant
 
 
-@pytest.fixture
-def job_id(session_factory):
-    with session_factory() as session, session.begin():
-        tenant = get_or_create_tenant(session, "acme")
-        job, _ = create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
-                            params={"model": "m", "dataset_id": 1}, queue="cpu", max_attempts=2)
-        return job.id
-
-
 def claim(session_factory, job_id, owner="w1", lease_seconds=60):
     with session_factory() as session, session.begin():
         return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds)

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
-import time
 
 import pytest
 from sqlalchemy import select
 
 from db.models import Job, JobEvent
 from db.session import make_engine, make_session_factory
+from tests.helpers import wait_until, write_reviews
 from worker.celery_app import make_celery
 
 pytestmark = pytest.mark.slow
 
-POSITIVE = "good great lovely excellent superb wonderful happy fine".split()
-NEGATIVE = "bad awful terrible poor horrible sad broken nasty".split()
-
-
-def write_reviews(path, rows: int, *, seed: int, labelled: bool = True):
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text", "label"] if labelled else ["id", "text"])
-        for i in range(rows):
-            label = rng.choice(["pos", "neg"])
-            words = rng.choices(POSITIVE if label == "pos" else NEGATIVE, k=rng.randint(2, 12))
-            text = " ".join(words) if not (not labelled and i % 97 == 5) else " "
-            writer.writerow([f"r{i}", text, label] if labelled else [f"r{i}", text])
-    return path
-
-
-def wait_until(predicate, *, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting until {message}")
+EMPTY_ROWS = frozenset(i for i in range(700) if i % 97 == 5)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +60,7 @@ def test_evaluate_job_scores_a_registered_model(trained, tmp_path):
 
 def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_path):
     client, _job, _train = trained
-    docs = client.upload_dataset(write_reviews(tmp_path / "docs.csv", 700, seed=3, labelled=False),
+    docs = client.upload_dataset(write_reviews(tmp_path / "docs.csv", 700, seed=3, labelled=False, blank_rows=EMPTY_ROWS),
                                  text_column="text")
     job = client.submit("batch_inference", {"model": "tiny-sentiment", "dataset_id": docs["id"], "chunk_rows": 128})
     job = client.wait(job["id"], timeout=180)
@@ -94,7 +68,7 @@ def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_pat
     assert job["progress"]["done"] == job["progress"]["total"] == 700
     predictions = [json.loads(line) for line in client.download_output(job["id"], tmp_path / "p.jsonl").open()]
     errors = [json.loads(line) for line in client.download_output(job["id"], tmp_path / "e.jsonl", errors=True).open()]
-    empty_rows = [i for i in range(700) if i % 97 == 5]
+    empty_rows = sorted(EMPTY_ROWS)
     assert [e["row"] for e in errors] == empty_rows
     assert [p["row"] for p in predictions] == [i for i in range(700) if i not in empty_rows]
     first = predictions[0]

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 
 from db.models import Job, JobEvent, OutboxMessage
-from db.services.jobs import create_job
-from db.services.tenants import get_or_create_tenant
 from worker.config import Settings
 from worker.errors import PermanentJobError, TransientJobError
 from worker.lifecycle import run_job
 
 SETTINGS = Settings(heartbeat_seconds=0.05, lease_seconds=30, retry_backoff_seconds=7)
-
-
-@pytest.fixture
-def job_id(session_factory):
-    with session_factory() as session, session.begin():
-        tenant = get_or_create_tenant(session, "acme")
-        job, _ = create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
-                            params={"model": "m", "dataset_id": 1}, queue="cpu", max_attempts=2)
-        return job.id
 
 
 def run(session_factory, job_id, runner):

@@ -85,14 +85,28 @@ def predict_probabilities(
     done = 0
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_tokens=batch_tokens, max_batch_size=max_batch_size):
-            features = {key: [encoded[key][i] for i in batch] for key in keys}
-            inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
-            logits = model(**inputs).logits
-            probabilities[batch] = torch.softmax(logits.float(), dim=-1).cpu()
+            probabilities[batch] = _batch_probabilities(model, tokenizer, encoded, keys, batch)
             done += len(batch)
             if on_batch is not None:
                 on_batch(done, len(texts))
     return probabilities
+
+
+def _batch_probabilities(model, tokenizer, encoded, keys, batch: list[int]):
+    """Return one batch's probabilities; on GPU out-of-memory, split the batch in two and retry."""
+    import torch
+
+    try:
+        features = {key: [encoded[key][i] for i in batch] for key in keys}
+        inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
+        return torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return torch.cat([_batch_probabilities(model, tokenizer, encoded, keys, part)
+                          for part in (batch[:half], batch[half:])])
 
 
 def length_batches(lengths: list[int], *, batch_tokens: int, max_batch_size: int) -> list[list[int]]:

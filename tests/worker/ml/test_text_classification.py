@@ -321,3 +321,34 @@ def test_loss_stays_a_mean_with_gradient_accumulation(tiny_classifier, sentiment
     losses = [values["loss"] for _, values in events(hooks, "metric") if "loss" in values]
     assert losses and all(loss == pytest.approx(0.693, abs=0.05) for loss in losses)
     assert result["train"]["train_loss"] == pytest.approx(0.693, abs=0.05)
+
+
+def test_gpu_out_of_memory_splits_the_batch_and_keeps_the_order(trained_model):
+    import torch
+
+    from worker.ml.predict import predict_probabilities
+
+    predictor = tc.Predictor(str(trained_model), max_length=64, batch_tokens=4096, max_batch_size=64,
+                             precision="fp32")
+    texts = ["good great", "bad", "awful terrible sad day", "lovely", "poor poor poor", "fine"] * 3
+    expected = predictor.predict_probabilities(texts)
+
+    class SmallMemory(torch.nn.Module):
+        """The same model, but any batch over 2 rows raises CUDA's out-of-memory error."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        @property
+        def device(self):
+            return self.inner.device
+
+        def forward(self, **inputs):
+            if inputs["input_ids"].shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return self.inner(**inputs)
+
+    got = predict_probabilities(SmallMemory(predictor.model), predictor.tokenizer, texts, max_length=64,
+                                batch_tokens=4096, max_batch_size=64)
+    assert torch.allclose(got, expected, atol=1e-5)

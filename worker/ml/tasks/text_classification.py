@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import PermanentJobError
+from worker.errors import PermanentJobError, TransientJobError
 from worker.ml.checkpoints import (
     SAVE_TOTAL_LIMIT,
     checkpoint_step,
@@ -83,6 +83,19 @@ def finetune(
     return {"label_names": label_names, "metrics": metrics, "train": summary}
 
 
+def _train_or_retry(trainer, resume, batch_size: int):
+    """Train; GPU out-of-memory becomes a transient error so the job retries from its checkpoint."""
+    import torch
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.cuda.OutOfMemoryError as exc:
+        hint = "retrying from the last checkpoint" if batch_size > 1 else "batch_size is already 1"
+        error = TransientJobError if batch_size > 1 else PermanentJobError
+        raise error(f"the GPU ran out of memory at batch_size {batch_size} ({hint}); if it repeats, "
+                    "resubmit with a smaller batch_size and a larger gradient_accumulation_steps") from exc
+
+
 def _finetune_examples(params, train_path, validation_path, text_column, label_column):
     train = read_labelled(train_path, text_column, label_column, "train")
     label_names = sorted(set(train.labels))
@@ -125,7 +138,7 @@ def _train(run: _Run, base_model: str, label_names, train: Examples, validation:
     train_set = _encode(tokenizer, train, label_ids, max_length)
     eval_set = _encode(tokenizer, validation, label_ids, max_length) if run.params.eval_steps else None
     trainer = _build_trainer(run, model, tokenizer, train_set, eval_set)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    result = _train_or_retry(trainer, resume, run.params.batch_size)
     summary = {
         "global_step": int(result.global_step),
         "train_loss": float(result.training_loss),
