@@ -12,15 +12,24 @@ import redis
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"  # delivery tag -> delivery time
 
 
-def pending_job_ids(redis_url: str, queues: Iterable[str]) -> set[int]:
-    """Return the ids of jobs with a message waiting in `queues` or delivered but not acknowledged."""
+def pending_job_ids(redis_url: str, queues: Iterable[str], *, delivered_within_seconds: float) -> set[int]:
+    """Return the ids of jobs whose message waits in `queues` or was delivered only recently.
+
+    A message delivered longer ago whose job is still queued sits in the `unacked` hash of a
+    consumer that died (or is busy with another job): Redis would hand it out again only after the
+    visibility timeout, hours later, so it does not count as pending.
+    """
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         keys = [q if step == 0 else f"{q}{PRIORITY_SEPARATOR}{step}" for q in set(queues) for step in PRIORITY_STEPS]
         raw = [m for key in keys for m in client.lrange(key, 0, -1)]
-        raw += [_unwrap_unacked(v) for v in client.hvals(UNACKED_KEY)]
+        since = client.time()[0] - delivered_within_seconds
+        recent = client.zrangebyscore(UNACKED_INDEX_KEY, since, "+inf")
+        if recent:
+            raw += [_unwrap_unacked(v) for v in client.hmget(UNACKED_KEY, recent) if v is not None]
     finally:
         client.close()
     return {job_id for message in raw if (job_id := _job_id(message)) is not None}

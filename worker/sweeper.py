@@ -39,7 +39,8 @@ def sweep(session_factory: sessionmaker[Session], settings: Settings) -> dict[st
             if outcome:
                 counts[outcome] += 1
     try:
-        pending = pending_job_ids(settings.redis_url, _queues(settings))
+        pending = pending_job_ids(settings.redis_url, _queues(settings),
+                                  delivered_within_seconds=settings.redispatch_after_seconds)
     except redis.RedisError as exc:  # broker down: nothing can be re-sent now anyway
         log.warning("sweep: cannot read the broker (%s); re-dispatch skipped", exc)
         return counts

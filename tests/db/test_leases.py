@@ -113,3 +113,17 @@ def test_idempotency_key_returns_the_same_job(session_factory):
         assert (created_first, created_again) == (True, False) and first.id == again.id
         with pytest.raises(Conflict):
             create_job(session, **{**kwargs, "params": {"model": "other", "dataset_id": 1}})
+
+
+def test_two_sweepers_rescue_an_expired_lease_once(session_factory, job_id):
+    claim(session_factory, job_id, lease_seconds=-1)
+    with session_factory() as first, session_factory() as second:
+        stale_a, stale_b = first.get(Job, job_id), second.get(Job, job_id)  # both read the same row
+        first.commit(), second.commit()
+        assert rescue_expired(first, stale_a, backoff_seconds=0) == "requeued"
+        first.commit()
+        assert rescue_expired(second, stale_b, backoff_seconds=0) is None
+        second.commit()
+    with session_factory() as session:
+        outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
+    assert len(outbox) == 2  # the submission's message and one rescue, not two
