@@ -105,19 +105,25 @@ def submit_all(client: Client, count: int, model: str, train_id: int, docs_id: i
     return ids
 
 
-def recovery_seconds(session_factory, kills) -> list[float]:
-    """Per killed job: seconds from the kill to its next attempt start (or its end)."""
-    times = []
+def recovery_seconds(session_factory, kills) -> tuple[list[float], list[float]]:
+    """Per job a kill interrupted: seconds until it was requeued, and until it ran again (or ended).
+
+    The second includes waiting in the queue behind the backlog of jobs submitted before it.
+    """
+    requeued, resumed = [], []
     with session_factory() as session:
         for killed_at, job_ids in kills:
             for job_id in job_ids:
                 events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
-                after = [_utc(e.created_at) for e in events if e.type == "status"
-                         and e.data.get("status") in ("running", "succeeded", "failed", "cancelled")
-                         and _utc(e.created_at) > killed_at]
-                if after:
-                    times.append(min(after) - killed_at)
-    return times
+                later = [e for e in events if _utc(e.created_at) > killed_at]
+                rescue = [_utc(e.created_at) for e in later if e.type == "rescue" or e.data.get("status") == "failed"]
+                back = [_utc(e.created_at) for e in later if e.type == "status"
+                        and e.data.get("status") in ("running", "succeeded", "failed", "cancelled")]
+                if rescue:
+                    requeued.append(min(rescue) - killed_at)
+                if back:
+                    resumed.append(min(back) - killed_at)
+    return requeued, resumed
 
 
 def _utc(moment) -> float:
@@ -138,16 +144,17 @@ def report(session_factory, job_ids: list[int], kills, chaos: Chaos, elapsed: fl
     reasons = Counter(f"{j.error_code}" for j in jobs if j.status == "failed")
     lost = len(job_ids) - sum(status[s] for s in ("succeeded", "failed", "cancelled"))
     twice = sum(1 for j in jobs if ends[j.id] > 1 or models.get(j.id, 0) > 1)
-    recoveries = [t for t in recovery_seconds(session_factory, kills) if t >= 0]
+    requeued, resumed = recovery_seconds(session_factory, kills)
     print(f"command: {command_line()}")
     print(f"duration: {elapsed:.0f} s; worker kills: {len(kills)}; Redis restarts: {chaos.redis_restarts}")
     print(f"jobs accepted: {len(job_ids)}  succeeded: {status['succeeded']}  failed: {status['failed']} "
           f"{dict(reasons)}  lost: {lost}  run twice: {twice}")
     attempts = Counter(j.attempts for j in jobs)
     print(f"attempts per job: {dict(sorted(attempts.items()))}")
-    if recoveries:
-        print(f"recovery after a kill ({len(recoveries)} interrupted jobs): median "
-              f"{statistics.median(recoveries):.1f} s, worst {max(recoveries):.1f} s")
+    for name, values in (("requeued after a kill", requeued), ("running again after a kill", resumed)):
+        if values:
+            print(f"{name} ({len(values)} interrupted jobs): median {statistics.median(values):.1f} s, "
+                  f"worst {max(values):.1f} s")
 
 
 def main() -> None:
