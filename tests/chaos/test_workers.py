@@ -62,8 +62,9 @@ def test_2_sigterm_checkpoints_hands_back_and_the_job_finishes_once(chaos, tiny_
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 1  # a clean hand-back does not use up an attempt
     assert done["result"]["train"]["resumed_from_step"] >= 40  # the shutdown checkpoint, not step 0
-    handback = [e for e in chaos.events(job["id"]) if e.type == "rescue"]
-    assert [e.data["action"] for e in handback] == ["shutdown"]
+    # A message re-sent while the job waited behind a busy worker ("redispatch") is no hand-back.
+    handbacks = [e.data["action"] for e in chaos.events(job["id"]) if e.type == "rescue"]
+    assert [action for action in handbacks if action != "redispatch"] == ["shutdown"]
     check_invariants(chaos, [job["id"]])
 
 
