@@ -24,21 +24,20 @@ from _common import REPO, command_line
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--report", help="summarise this NIGHTSHIFT_CHAOS_REPORT file instead of running")
     args = parser.parse_args()
     runs_passed = 0
-    with tempfile.NamedTemporaryFile(suffix=".jsonl") as report:
-        env = {**os.environ, "NIGHTSHIFT_CHAOS_REPORT": report.name}
-        for _ in range(args.repeat):
-            result = subprocess.run([sys.executable, "-m", "pytest", "tests/chaos", "-q", "-p", "no:cacheprovider"],
-                                    cwd=REPO, env=env, capture_output=True, text=True)
-            print(result.stdout.strip().splitlines()[-1], flush=True)
-            runs_passed += result.returncode == 0
-        records = [json.loads(line) for line in open(report.name)]
+    if args.report:
+        records = [json.loads(line) for line in open(args.report)]
+        args.repeat = runs_passed = None
+    else:
+        records, runs_passed = run_suite(args.repeat)
     by_scenario = defaultdict(list)
     for record in records:
         by_scenario[record["scenario"]].append(record)
     print(f"command: {command_line()}")
-    print(f"suite runs: {args.repeat}, fully green: {runs_passed}")
+    if args.repeat is not None:
+        print(f"suite runs: {args.repeat}, fully green: {runs_passed}")
     print("| scenario | jobs checked | lost | duplicated | rescues | recovery median / worst (s) |")
     print("|---|---|---|---|---|---|")
     for scenario in sorted(by_scenario, key=_number):
@@ -48,6 +47,20 @@ def main() -> None:
         duplicated = sum(r["ends"] > 1 for r in rows)
         recovery = f"{statistics.median(gaps):.1f} / {max(gaps):.1f}" if gaps else "-"
         print(f"| {scenario} | {len(rows)} | {lost} | {duplicated} | {len(gaps)} | {recovery} |")
+
+
+def run_suite(repeat: int) -> tuple[list[dict], int]:
+    """Run tests/chaos `repeat` times; return what they recorded and how many runs were green."""
+    passed = 0
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as report:
+        env = {**os.environ, "NIGHTSHIFT_CHAOS_REPORT": report.name}
+        for _ in range(repeat):
+            result = subprocess.run([sys.executable, "-m", "pytest", "tests/chaos", "-q", "-p", "no:cacheprovider"],
+                                    cwd=REPO, env=env, capture_output=True, text=True)
+            lines = result.stdout.strip().splitlines()
+            print(*[line for line in lines if line.startswith("FAILED")], lines[-1], sep="\n", flush=True)
+            passed += result.returncode == 0
+        return [json.loads(line) for line in open(report.name)], passed
 
 
 def _number(scenario: str) -> tuple[int, str]:
