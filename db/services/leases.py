@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -30,11 +30,27 @@ class Lease:
 def claim_job(session: Session, job_id: int, *, owner: str, lease_seconds: float) -> Lease | None:
     """Atomically take a queued job, or a running one whose lease expired; None if not ours."""
     now = utcnow()
-    claimable = or_(
-        Job.status == JobStatus.QUEUED,
-        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    row = _claim(session, job_id, Job.status == JobStatus.QUEUED, owner, now, lease_seconds)
+    if row is None:  # a redelivered message may find its job's previous attempt dead
+        expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        row = _claim(session, job_id, expired, owner, now, lease_seconds)
+        if row is not None:
+            add_event(
+                session, job_id, "rescue", f"lease of attempt {row[1] - 1} expired; attempt {row[1]} takes over",
+                data={"action": "lease_expired", "attempt": row[1] - 1}, level="warning", epoch=row[0],
+            )
+    if row is None:
+        return None
+    epoch, attempt = row
+    add_event(
+        session, job_id, "status", f"attempt {attempt} started on {owner}",
+        data={"status": "running", "attempt": attempt}, epoch=epoch,
     )
-    result = session.execute(
+    return Lease(job_id=job_id, epoch=epoch, owner=owner, attempt=attempt)
+
+
+def _claim(session: Session, job_id: int, claimable, owner: str, now, lease_seconds: float):
+    return session.execute(
         update(Job)
         .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
         .where(Job.attempts < Job.max_attempts)
@@ -51,14 +67,6 @@ def claim_job(session: Session, job_id: int, *, owner: str, lease_seconds: float
         )
         .returning(Job.epoch, Job.attempts)
     ).first()
-    if result is None:
-        return None
-    epoch, attempt = result
-    add_event(
-        session, job_id, "status", f"attempt {attempt} started on {owner}",
-        data={"status": "running", "attempt": attempt}, epoch=epoch,
-    )
-    return Lease(job_id=job_id, epoch=epoch, owner=owner, attempt=attempt)
 
 
 def renew_lease(

@@ -127,3 +127,11 @@ def test_two_sweepers_rescue_an_expired_lease_once(session_factory, job_id):
     with session_factory() as session:
         outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
     assert len(outbox) == 2  # the submission's message and one rescue, not two
+
+
+def test_taking_over_an_expired_lease_is_recorded_as_a_rescue(session_factory, job_id):
+    claim(session_factory, job_id, "w1", lease_seconds=-1)
+    assert claim(session_factory, job_id, "w2").attempt == 2
+    with session_factory() as session:
+        rescues = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "rescue")).all()
+    assert [(r.data["action"], r.epoch) for r in rescues] == [("lease_expired", 2)]
