@@ -60,7 +60,3 @@ def check_transition(current: JobStatus | str, new: JobStatus | str) -> None:
     if new not in TRANSITIONS[current]:
         raise IllegalTransition(f"job cannot go from {current} to {new}")
 
-
-def sources_of(new: JobStatus) -> list[str]:
-    """Return the statuses from which `new` may be entered (for guarded UPDATEs)."""
-    return [s.value for s, targets in TRANSITIONS.items() if new in targets]

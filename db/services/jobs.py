@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.enums import JobStatus, check_transition
+from db.enums import JobStatus
 from db.errors import Conflict, NotFound
 from db.models import Job, JobDataset, JobEvent, OutboxMessage
 from db.services.ids import is_row_id
@@ -159,10 +159,3 @@ def request_cancel(session: Session, tenant_id: int, job_id: int) -> Job:
     session.refresh(job)
     return job
 
-
-def set_status(session: Session, job: Job, new: JobStatus, *, at: datetime | None = None) -> None:
-    """Move an already-locked job to `new`, enforcing the transition table."""
-    check_transition(job.status, new)
-    job.status = new
-    if new.terminal:
-        job.finished_at = at or utcnow()
