@@ -133,15 +133,17 @@ def cmd_up(_args) -> int:
 
 
 def _start_stack():
-    from api.stack import Stack
+    from api.stack import Stack, StartupError
 
     settings = Settings.from_env()
     stack = Stack(settings)
     print(f"starting Nightshift in {Path(settings.data_dir).resolve()} ...", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
-    settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
     try:
-        _wait_for_api(settings, stack)
+        settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
+    except StartupError as exc:
+        raise SystemExit(f"Nightshift did not start: {exc}") from None
+    try:
         token = ensure_local_token(settings)
     except BaseException:
         stack.stop()
@@ -151,22 +153,6 @@ def _start_stack():
 
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the stack the same way Ctrl-C does
-
-
-def _wait_for_api(settings: Settings, stack, timeout: float = 60.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stack.dead():
-            raise SystemExit(f"{stack.dead()} exited at start; see {stack.log_dir}")
-        try:
-            if requests.get(settings.base_url + "/api/v1/healthz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the API did not become healthy within {timeout:.0f}s; see {stack.log_dir}")
 
 
 def ensure_local_token(settings: Settings) -> str:

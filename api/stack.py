@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import redis
 
 from worker.config import Settings
@@ -21,7 +23,10 @@ from worker.config import Settings
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_SECONDS = 30.0
+API_READY_TIMEOUT_SECONDS = 120.0
+HEALTH_REQUEST_TIMEOUT_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 20.0
+LOG_TAIL_LINES = 20
 
 
 def redis_server_binary() -> str:
@@ -67,14 +72,22 @@ class EmbeddedRedis:
             "--logfile", str((self.directory / "redis.log").resolve()),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        wait_for_redis(self.url, process=self.process)
+        try:
+            wait_for_redis(self.url, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
         """Stop the server (it rewrites nothing: the AOF is already on disk)."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def wait_for_redis(url: str, *, process: subprocess.Popen | None = None) -> None:
@@ -89,7 +102,37 @@ def wait_for_redis(url: str, *, process: subprocess.Popen | None = None) -> None
             return
         except redis.ConnectionError:
             time.sleep(0.1)
-    raise RuntimeError(f"Redis at {url} did not answer within {STARTUP_TIMEOUT_SECONDS:.0f}s")
+    raise RuntimeError(f"Redis at {url} did not answer PING within {STARTUP_TIMEOUT_SECONDS:.0f}s")
+
+
+def wait_for_api(base_url: str, *, timeout: float = API_READY_TIMEOUT_SECONDS, alive=None) -> None:
+    """Poll `/api/v1/healthz` until it answers 200; a slow, refused or failed answer means "not yet".
+
+    `alive`, when given, is called between polls and raises to give up early (a process died).
+    On the deadline, raise naming the URL and the last answer seen.
+    """
+    import requests
+
+    url = base_url + "/api/v1/healthz"
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            answer = requests.get(url, timeout=HEALTH_REQUEST_TIMEOUT_SECONDS)
+            if answer.status_code == 200:
+                return
+            last = f"HTTP {answer.status_code}: {answer.text[:200]}"
+        except requests.RequestException as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise StartupError(f"the API at {url} did not answer 200 within {timeout:.0f}s (last: {last})")
+        time.sleep(0.3)
+
+
+class StartupError(RuntimeError):
+    """A process of the stack did not start, or did not become ready, in time."""
 
 
 def worker_command(settings: Settings, *, queues: str = "gpu,cpu", name: str = "worker") -> list[str]:
@@ -129,19 +172,46 @@ class Stack:
         self.names = ["api", *worker_names, "beat"]
 
     def start(self, *, redis_url: str | None) -> Settings:
-        """Start Redis (embedded unless `redis_url`), migrate, then API, workers and beat."""
+        """Start Redis (embedded unless `redis_url`), migrate, then API, workers and beat; wait until
+        the API is healthy. If any of it fails, stop whatever was started, then raise."""
         from db.migrate import upgrade
 
-        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        if redis_url is None:
-            self.redis = EmbeddedRedis(Path(self.settings.data_dir) / "redis").start()
-            redis_url = self.redis.url
-        self.settings = self.settings.with_overrides(redis_url=redis_url)
-        upgrade(self.settings.database_url)
-        for name in self.names:
-            self.start_process(name)
+        try:
+            Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            if redis_url is None:
+                self.redis = EmbeddedRedis(Path(self.settings.data_dir) / "redis").start()
+                redis_url = self.redis.url
+            self.settings = self.settings.with_overrides(redis_url=redis_url)
+            upgrade(self.settings.database_url)
+            for name in self.names:
+                self.start_process(name)
+            self.wait_for_api()
+        except BaseException:
+            self.stop()
+            raise
         return self.settings
+
+    def wait_for_api(self, timeout: float = API_READY_TIMEOUT_SECONDS) -> None:
+        """Wait until the API answers healthy; raise `StartupError`, with logs, if a process dies first."""
+        try:
+            wait_for_api(self.settings.base_url, timeout=timeout, alive=self._raise_if_dead)
+        except StartupError as exc:
+            raise StartupError(f"{exc}\n{self.log_tail('api')}") from None
+
+    def _raise_if_dead(self) -> None:
+        if dead := self.dead():
+            tails = "\n".join(self.log_tail(name) for name in dead)
+            raise StartupError(f"{', '.join(dead)} exited while the stack was starting\n{tails}")
+
+    def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        """Return the last lines of process `name`'s log, headed by its path."""
+        path = self.log_dir / f"{name}.log"
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = ["(no log)"]
+        return f"--- last lines of {path}:\n" + "\n".join(tail)
 
     def start_process(self, name: str) -> subprocess.Popen:
         """Start (or restart) the process called `name`."""
@@ -162,8 +232,13 @@ class Stack:
         return [name for name, proc in self.processes.items() if proc.poll() is not None]
 
     def stop(self) -> None:
-        """Send SIGTERM to every process (workers: warm shutdown, jobs hand back), wait, stop Redis."""
+        """Send SIGTERM to every process (workers: warm shutdown, jobs hand back), wait, stop Redis.
+
+        Whatever is still alive at the deadline, children included (pool processes, gunicorn
+        workers), is killed: nothing the stack started outlives it.
+        """
         procs = list(self.processes.values())[::-1]
+        family = _descendants(procs)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
@@ -175,5 +250,19 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        _, alive = psutil.wait_procs(family, timeout=max(deadline - time.monotonic(), 1.0))
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(alive, timeout=STOP_TIMEOUT_SECONDS)
         if self.redis:
             self.redis.stop()
+
+
+def _descendants(procs: list[subprocess.Popen]) -> list[psutil.Process]:
+    """Return the live children, recursively, of `procs`."""
+    family = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += psutil.Process(proc.pid).children(recursive=True)
+    return family

@@ -56,7 +56,7 @@ def minilm_path() -> str:
 @contextlib.contextmanager
 def running_stack(**overrides):
     """Start the one-machine stack in a temporary data dir; yield (client, settings)."""
-    from api.cli import _wait_for_api, ensure_local_token
+    from api.cli import ensure_local_token
     from api.client import Client
     from api.stack import Stack, free_port
     from worker.config import Settings
@@ -67,7 +67,6 @@ def running_stack(**overrides):
         stack = Stack(settings)
         settings = stack.start(redis_url=None)
         try:
-            _wait_for_api(settings, stack)
             yield Client(settings.base_url, ensure_local_token(settings), timeout=600), settings
         finally:
             stack.stop()

@@ -24,7 +24,7 @@ import psutil
 from _common import REPO, command_line
 from sqlalchemy import func, select
 
-from api.cli import _wait_for_api, ensure_local_token
+from api.cli import ensure_local_token
 from api.client import Client
 from api.stack import Stack, free_port
 from db.models import Job, JobEvent, ModelArtifact
@@ -177,7 +177,6 @@ def main() -> None:
         settings = stack.start(redis_url=None)
         session_factory = make_session_factory(make_engine(settings.database_url))
         try:
-            _wait_for_api(settings, stack)
             client = Client(settings.base_url, ensure_local_token(settings), timeout=120)
             train_path, docs_path = make_data(folder)
             train = client.upload_dataset(train_path, text_column="text", label_column="label")

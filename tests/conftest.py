@@ -19,6 +19,8 @@ from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 from db.services.tenants import get_or_create_tenant, issue_token
 
+pytest_plugins = ["tests.process_guard"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("NIGHTSHIFT_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

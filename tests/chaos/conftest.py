@@ -15,7 +15,7 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from api.cli import _wait_for_api, ensure_local_token
+from api.cli import ensure_local_token
 from api.client import Client
 from api.stack import EmbeddedRedis, Stack, free_port
 from db.enums import TERMINAL_STATUSES
@@ -49,10 +49,14 @@ class ChaosSystem(Stack):
         self.session_factory = make_session_factory(make_engine(database_url))
 
     def start(self) -> "ChaosSystem":
-        self.redis = EmbeddedRedis(self.data_dir / "redis").start()
-        super().start(redis_url=self.redis.url)
-        _wait_for_api(self.settings, self)
-        self.client = Client(self.settings.base_url, ensure_local_token(self.settings), timeout=60)
+        """Start every process; if any part fails, stop all of them (the proxy too) and raise."""
+        try:
+            self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+            super().start(redis_url=self.redis.url)
+            self.client = Client(self.settings.base_url, ensure_local_token(self.settings), timeout=60)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def ensure_running(self) -> None:
@@ -190,7 +194,7 @@ def _whole_system(request):
     if "chaos" in request.fixturenames:
         system = request.getfixturevalue("chaos")
         system.ensure_running()
-        _wait_for_api(system.settings, system)
+        system.wait_for_api()
     yield
 
 

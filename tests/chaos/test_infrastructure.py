@@ -9,7 +9,6 @@ import pytest
 import redis
 import requests
 
-from api.cli import _wait_for_api
 from tests.chaos.conftest import check_invariants, finetune_params, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -55,7 +54,7 @@ def test_6_api_killed_after_commit_before_publish_the_relay_publishes(chaos, tra
     chaos.kill_tree("api")
     chaos.redis.start()
     chaos.start_process("api")
-    _wait_for_api(chaos.settings, chaos)
+    chaos.wait_for_api()
     done = chaos.client.wait(job["id"], timeout=120)
     assert done["status"] == "succeeded", done["error"]
     check_invariants(chaos, [job["id"]])

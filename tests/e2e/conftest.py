@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from api.cli import _wait_for_api, ensure_local_token
+from api.cli import ensure_local_token
 from api.client import Client
 from api.stack import Stack, free_port
 from tests.conftest import create_postgres_database, drop_postgres_database
@@ -25,9 +25,8 @@ def system(request, tmp_path_factory, tiny_model):
         heartbeat_seconds=0.5, lease_seconds=15.0, relay_seconds=0.5, sweep_seconds=2.0,
     )
     stack = Stack(settings)
-    settings = stack.start(redis_url=None)
     try:
-        _wait_for_api(settings, stack)
+        settings = stack.start(redis_url=None)  # stops whatever it started if it fails
         client = Client(settings.base_url, ensure_local_token(settings), timeout=60)
         yield client, settings, stack
     finally:
