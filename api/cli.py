@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from worker.config import Settings, describe
@@ -128,7 +127,7 @@ def cmd_token(args) -> int:
 def cmd_up(_args) -> int:
     stack, settings, token = _start_stack()
     _print_endpoints(settings, token)
-    print("Ctrl-C stops everything.")
+    print("Processes that die are restarted; Ctrl-C stops everything.", flush=True)
     return _serve_until_interrupted(stack)
 
 
@@ -139,6 +138,8 @@ def _start_stack():
     stack = Stack(settings)
     print(f"starting Nightshift in {Path(settings.data_dir).resolve()} ...", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, outlive the terminal
+        signal.signal(signal.SIGHUP, _interrupt)  # children have their own process groups: stop them
     try:
         settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
     except StartupError as exc:
@@ -174,15 +175,19 @@ def ensure_local_token(settings: Settings) -> str:
 
 
 def _serve_until_interrupted(stack) -> int:
+    from api.supervisor import Supervisor
+
     try:
-        while not stack.dead():
-            time.sleep(1)
-        print(f"a process exited: {stack.dead()}; stopping (logs in {stack.log_dir})", file=sys.stderr)
-        return 1
+        Supervisor(stack.children()).run()  # restarts what dies; only Ctrl-C or SIGTERM ends it
+        return 0
     except KeyboardInterrupt:
-        print("\nstopping ...")
+        print("\nstopping ...", flush=True)
         return 0
     finally:
+        # The children have their own process groups, so a second Ctrl-C reaches only this process:
+        # let it not cut the (bounded) stop short and leave them running.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         stack.stop()
 
 

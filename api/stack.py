@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from api.supervisor import LOG_TAIL_LINES, Child, kill_group, log_tail
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ STARTUP_TIMEOUT_SECONDS = 30.0
 API_READY_TIMEOUT_SECONDS = 120.0
 HEALTH_REQUEST_TIMEOUT_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 20.0
-LOG_TAIL_LINES = 20
 
 
 def redis_server_binary() -> str:
@@ -61,6 +61,10 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log_path(self) -> Path:
+        return (self.directory / "redis.log").resolve()
+
     def start(self) -> "EmbeddedRedis":
         """Start the server and wait until it answers PING."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -69,9 +73,9 @@ class EmbeddedRedis:
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.directory.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
             "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-            "--logfile", str((self.directory / "redis.log").resolve()),
+            "--logfile", str(self.log_path),
         ]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, process_group=0)
         try:
             wait_for_redis(self.url, process=self.process)
         except BaseException:
@@ -161,7 +165,11 @@ def api_command(settings: Settings) -> list[str]:
 
 
 class Stack:
-    """The processes of a one-machine deployment, started in order and stopped in reverse."""
+    """The processes of a one-machine deployment, started in order and stopped in reverse.
+
+    It never restarts a process by itself: `nightshift up` hands `children()` to a `Supervisor`,
+    and the failure tests restart what they break when they choose to.
+    """
 
     def __init__(self, settings: Settings, *, log_dir: Path | None = None, workers: int = 1) -> None:
         self.settings = settings
@@ -206,12 +214,7 @@ class Stack:
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
         """Return the last lines of process `name`'s log, headed by its path."""
-        path = self.log_dir / f"{name}.log"
-        try:
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            tail = ["(no log)"]
-        return f"--- last lines of {path}:\n" + "\n".join(tail)
+        return log_tail(self.log_dir / f"{name}.log", lines)
 
     def start_process(self, name: str) -> subprocess.Popen:
         """Start (or restart) the process called `name`."""
@@ -222,10 +225,22 @@ class Stack:
         else:
             command = worker_command(self.settings, name=name)
         env = {**os.environ, **self.settings.export_env()}
+        # Its own process group: a supervisor can then kill what a dead process leaves behind
+        # (gunicorn workers holding the port, a job's process holding GPU memory).
         with open(self.log_dir / f"{name}.log", "ab") as out:
             self.processes[name] = subprocess.Popen(command, env=env, stdout=out, stderr=out,
-                                                    stdin=subprocess.DEVNULL)
+                                                    stdin=subprocess.DEVNULL, process_group=0)
         return self.processes[name]
+
+    def children(self) -> list[Child]:
+        """Return each process of the stack, Redis first, as a `Child` a `Supervisor` can restart."""
+        children = [Child(name, lambda name=name: self.start_process(name), self.log_dir / f"{name}.log", proc)
+                    for name, proc in self.processes.items()]
+        if self.redis and self.redis.process:
+            # start() reuses the port it chose first, so workers and beat reconnect to the new server.
+            children.insert(0, Child("redis", lambda: self.redis.start().process, self.redis.log_path,
+                                     self.redis.process))
+        return children
 
     def dead(self) -> list[str]:
         """Return the names of processes that have exited."""
@@ -255,6 +270,8 @@ class Stack:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
         psutil.wait_procs(alive, timeout=STOP_TIMEOUT_SECONDS)
+        for proc in procs:
+            kill_group(proc.pid)  # orphans of a process that died earlier are no one's children
         if self.redis:
             self.redis.stop()
 
