@@ -8,6 +8,7 @@ from db.errors import Unauthorized
 from db.services.tenants import authenticate
 
 PUBLIC_ENDPOINTS = {"health.healthz", "health.openapi", "static"}
+TOKEN_COMMAND = "nightshift token --tenant NAME"  # api/cli.py's `token` subcommand
 
 
 def register(app: Flask) -> None:
@@ -22,10 +23,11 @@ def register(app: Flask) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
-            raise Unauthorized("send 'Authorization: Bearer <token>'; `nightshift token create` makes one")
+            raise Unauthorized(f"send 'Authorization: Bearer <token>'; `{TOKEN_COMMAND}` makes one")
         token = authenticate(db_session(), raw.strip())
         if token is None:
-            raise Unauthorized("the bearer token is unknown or revoked", code="invalid_token")
+            raise Unauthorized(f"the bearer token is unknown or revoked; `{TOKEN_COMMAND}` makes a new one",
+                               code="invalid_token")
         g.tenant_id = token.tenant_id
         return None
 

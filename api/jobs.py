@@ -14,7 +14,7 @@ from api.auth import tenant_id
 from api.openapi import parse_body, parse_query, spec
 from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, job_out
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import Dataset
+from db.models import Dataset, ModelArtifact
 from db.services.datasets import get_dataset
 from db.services.jobs import create_job, get_job, list_events, list_jobs, request_cancel
 from db.services.registry import resolve_model
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
 IDEMPOTENCY_KEY_MAX = 200
+MIN_CLASSES = 2  # a classifier needs something to tell apart
+LABELS_NAMED = 10  # labels quoted in an error message; details carry them all
 
 
 @bp.post("/jobs")
@@ -67,24 +69,21 @@ def _publish_now(job_id: int) -> None:
     """Publish the job's outbox message; if the broker is down, beat's relay sends it later."""
     try:
         relay_outbox(services().session_factory, services().celery, job_ids=[job_id])
-    except Exception as exc:  # the job is committed; only the wake-up call is late
-        log.warning("could not publish job %s now (%s); the relay will retry", job_id, exc)
+    except Exception:  # the job is committed; only the wake-up call is late
+        log.warning("could not publish job %s now; the relay will retry", job_id, exc_info=True)
 
 
 def _check_references(session: Session, submission) -> list[tuple[int, str]]:
-    """Check that datasets and models exist for this tenant; return (dataset_id, role) pairs."""
+    """Refuse a job that names missing data or models, or that cannot succeed on its data."""
     params, kind = submission.params, submission.kind
     if kind == "finetune":
-        train = _labelled(session, params.train_dataset_id, "params.train_dataset_id")
-        pairs = [(train.id, "train")]
-        if params.validation_dataset_id is not None:
-            validation = _labelled(session, params.validation_dataset_id, "params.validation_dataset_id")
-            pairs.append((validation.id, "validation"))
-        _check_model(session, params.base_model, "params.base_model")
-        return pairs
-    _check_model(session, params.model, "params.model")
+        return _check_finetune(session, params)
+    artifact = _check_model(session, params.model, "params.model")
     if kind == "evaluate":
-        return [(_labelled(session, params.dataset_id, "params.dataset_id").id, "evaluate")]
+        dataset = _labelled(session, params.dataset_id, "params.dataset_id")
+        if artifact is not None and artifact.label_names:
+            _check_model_knows_labels(dataset, artifact, "params.dataset_id")
+        return [(dataset.id, "evaluate")]
     dataset = _dataset(session, params.dataset_id, "params.dataset_id")
     column = params.text_column or dataset.text_column
     if column not in dataset.columns:
@@ -93,6 +92,21 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
             code="missing_column", details={"field": "params.text_column", "columns": dataset.columns},
         )
     return [(dataset.id, "input")]
+
+
+def _check_finetune(session: Session, params) -> list[tuple[int, str]]:
+    """Check a fine-tune's datasets and base model; return (dataset_id, role) pairs."""
+    train = _labelled(session, params.train_dataset_id, "params.train_dataset_id")
+    _check_classes(train, "params.train_dataset_id")
+    pairs = [(train.id, "train")]
+    if params.validation_dataset_id is not None:
+        validation = _labelled(session, params.validation_dataset_id, "params.validation_dataset_id")
+        _check_validation(train, validation, "params.validation_dataset_id")
+        pairs.append((validation.id, "validation"))
+    # No validation_fraction check: worker/ml/data.py's split keeps at least one row on each side
+    # of any dataset of two rows or more, and a one-row dataset already fails the class check.
+    _check_model(session, params.base_model, "params.base_model")
+    return pairs
 
 
 def _dataset(session: Session, dataset_id: int, field: str) -> Dataset:
@@ -109,16 +123,95 @@ def _labelled(session: Session, dataset_id: int, field: str) -> Dataset:
             f"{field}: dataset {dataset_id} has no label column; upload it again with label_column=...",
             code="dataset_unlabelled", details={"field": field},
         )
+    if dataset.row_count == 0:
+        raise InvalidInput(
+            f"{field}: dataset {dataset_id} has no rows; upload a file with labelled examples",
+            code="dataset_empty", details={"field": field},
+        )
     return dataset
 
 
-def _check_model(session: Session, ref: str, field: str) -> None:
-    if resolve_model(session, tenant_id(), ref) is not None:
+def _label_counts(dataset: Dataset) -> dict[str, int] | None:
+    """Return the label distribution counted at upload, or None where the row lacks it."""
+    counts = (dataset.stats or {}).get("label_distribution")
+    return counts if isinstance(counts, dict) else None
+
+
+def _check_classes(dataset: Dataset, field: str) -> None:
+    """Refuse training data whose label column holds fewer than two classes."""
+    counts = _label_counts(dataset)
+    if counts is None or len(counts) >= MIN_CLASSES:
         return
+    named = f" ({_quoted(counts)})" if counts else ""
+    raise InvalidInput(
+        f"{field}: dataset {dataset.id}'s label column '{dataset.label_column}' has {_classes(len(counts))}"
+        f"{named}; a classifier needs at least two: upload data with examples of each class",
+        code="too_few_classes",
+        details={"field": field, "column": dataset.label_column, "class_count": len(counts), "classes": counts},
+    )
+
+
+def _check_validation(train: Dataset, validation: Dataset, field: str) -> None:
+    """Refuse a validation dataset the worker cannot read with train's columns, or with unseen classes."""
+    for role, column in (("text", train.text_column), ("label", train.label_column)):
+        if column not in validation.columns:
+            raise InvalidInput(
+                f"{field}: dataset {validation.id} has no column '{column}'; its columns are {validation.columns}. "
+                f"Validation data is read with the columns of train dataset {train.id}: upload it with its "
+                f"{role} in a column named '{column}'",
+                code="missing_column", details={"field": field, "column": column, "columns": validation.columns},
+            )
+    train_counts, counts = _label_counts(train), _label_counts(validation)
+    if validation.label_column != train.label_column or train_counts is None or counts is None:
+        return
+    unknown = sorted(set(counts) - set(train_counts))
+    if unknown:
+        raise InvalidInput(
+            f"{field}: dataset {validation.id}'s label column '{validation.label_column}' has "
+            f"{_classes(len(unknown))} that train dataset {train.id} lacks ({_quoted(unknown)}); "
+            "a model trained on it cannot predict them: add them to the train data or drop those rows",
+            code="unknown_labels",
+            details={"field": field, "column": validation.label_column, "unknown": unknown},
+        )
+
+
+def _check_model_knows_labels(dataset: Dataset, artifact: ModelArtifact, field: str) -> None:
+    """Refuse an evaluation whose data holds classes the registered model was not trained on."""
+    counts = _label_counts(dataset)
+    unknown = sorted(set(counts or ()) - set(artifact.label_names))
+    if not unknown:
+        return
+    model = f"{artifact.name}:{artifact.version}"
+    raise InvalidInput(
+        f"{field}: dataset {dataset.id}'s label column '{dataset.label_column}' has {_classes(len(unknown))} "
+        f"that model '{model}' does not know ({_quoted(unknown)}); it knows {_quoted(artifact.label_names)}: "
+        "evaluate on data labelled with the model's classes",
+        code="unknown_labels",
+        details={"field": field, "column": dataset.label_column, "unknown": unknown,
+                 "model_labels": artifact.label_names},
+    )
+
+
+def _classes(count: int) -> str:
+    return f"{count} class" if count == 1 else f"{count} classes"
+
+
+def _quoted(labels, limit: int = LABELS_NAMED) -> str:
+    names = list(labels)
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _check_model(session: Session, ref: str, field: str) -> ModelArtifact | None:
+    """Return the registered model `ref` names, None for another loadable reference, else refuse it."""
+    artifact = resolve_model(session, tenant_id(), ref)
+    if artifact is not None:
+        return artifact
     try:
         resolve_unregistered(ref, hub_enabled=services().settings.hub_enabled)
     except ModelRefError as exc:
         raise InvalidInput(f"{field}: {exc.message}", code=exc.code, details={"field": field}) from None
+    return None
 
 
 @bp.get("/jobs")

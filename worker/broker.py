@@ -8,6 +8,9 @@ from collections.abc import Iterable
 
 import redis
 
+# This module reads kombu's private Redis layout (the names below), which kombu may change in any
+# release: pyproject.toml pins kombu to the versions it was tested with, and a test keeps the two equal.
+KOMBU_TESTED = ">=5.4,<5.8"
 # kombu's Redis transport keeps one list per priority step: "queue" and "queue\x06\x16N".
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)

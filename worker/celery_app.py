@@ -47,11 +47,12 @@ app = make_celery(Settings.from_env())
 
 @worker_process_init.connect
 def _init_process(**_kwargs) -> None:
-    from worker import state
+    from worker import gpus, state
 
     state.reset()  # a forked child must not share the parent's database connections
     state.configure_offline()
     state.install_shutdown_handler()
+    gpus.pin_pool_process()  # one GPU per pool process, before any job imports torch
 
 
 @worker_shutting_down.connect

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.base import utcnow
 from db.models import OutboxMessage
+from db.services.jobs import add_event, fail_queued_job
 
 log = logging.getLogger(__name__)
 
 # Jobs say 9 = most urgent; kombu's Redis transport serves 0 first.
 CELERY_PRIORITY_MAX = 9
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+# The broker cannot be reached: every later message would fail the same way. Celery re-raises the
+# transport's connection and channel errors as kombu's OperationalError; the rest are raised raw
+# when they happen outside its retry wrapper.
+BROKER_DOWN_ERRORS = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+MAX_PUBLISH_FAILURES = 5  # failures of one message (not outages) before its job fails
+PUBLISH_BACKOFF_SECONDS = 10.0  # times the failures so far: 10 s, 20 s, 30 s, 40 s
+MAX_ERROR_CHARS = 2000
 
 
 def relay_outbox(
@@ -28,33 +45,84 @@ def relay_outbox(
 ) -> int:
     """Publish due, unsent outbox messages; return how many were sent."""
     with session_factory() as session, session.begin():
-        query = (
-            select(OutboxMessage)
-            .where(OutboxMessage.sent_at.is_(None), OutboxMessage.available_at <= utcnow())
-            .order_by(OutboxMessage.id)
-            .limit(limit)
-        )
-        if job_ids is not None:
-            query = query.where(OutboxMessage.job_id.in_(list(job_ids)))
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
         sent = 0
-        for message in session.scalars(query):
+        for message in session.scalars(_due(session, job_ids, limit)):
             try:
-                celery_app.send_task(
-                    message.task_name,
-                    args=[message.job_id],
-                    queue=message.queue,
-                    priority=CELERY_PRIORITY_MAX - message.priority,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
-                )
-            except Exception as exc:  # broker down: keep the row, the next relay pass retries
-                message.publish_attempts += 1
-                message.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                log.warning("outbox publish failed for job %s: %s", message.job_id, exc)
+                _publish(celery_app, message)
+            except BROKER_DOWN_ERRORS as exc:  # keep the row, charge no attempt: the next pass retries
+                message.last_error = _describe(exc)
+                log.warning("outbox: broker unreachable, sending of job %s deferred: %s", message.job_id, exc)
                 break
+            except Exception as exc:  # this message only; the rest of the batch still goes out
+                _record_failure(session, message, exc)
+                continue
             message.sent_at = utcnow()
             message.publish_attempts += 1
             sent += 1
         return sent
+
+
+def _due(session: Session, job_ids: Iterable[int] | None, limit: int):
+    """Select the unsent messages that are due, oldest first, skipping rows another relay holds."""
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.sent_at.is_(None), OutboxMessage.available_at <= utcnow())
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    )
+    if job_ids is not None:
+        query = query.where(OutboxMessage.job_id.in_(list(job_ids)))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return query
+
+
+def _publish(celery_app: Celery, message: OutboxMessage) -> None:
+    celery_app.send_task(
+        message.task_name,
+        args=[message.job_id],
+        queue=message.queue,
+        priority=CELERY_PRIORITY_MAX - message.priority,
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
+
+
+def _record_failure(session: Session, message: OutboxMessage, exc: Exception) -> None:
+    """Note why a message could not be sent on its job; retry it later, or give up and fail the job."""
+    message.publish_attempts += 1
+    message.last_error = _describe(exc)
+    attempt = message.publish_attempts
+    log.warning("outbox: job %s's message could not be sent (attempt %s of %s)", message.job_id, attempt,
+                MAX_PUBLISH_FAILURES, exc_info=exc)
+    if attempt >= MAX_PUBLISH_FAILURES:
+        _give_up(session, message)
+        return
+    delay = PUBLISH_BACKOFF_SECONDS * attempt
+    message.available_at = utcnow() + timedelta(seconds=delay)
+    add_event(
+        session, message.job_id, "log",
+        f"the task message of this job could not be sent (attempt {attempt} of {MAX_PUBLISH_FAILURES}): "
+        f"{message.last_error}; retrying in {delay:.0f} s",
+        level="error", data={"action": "publish_failed", "attempt": attempt, "error": message.last_error},
+    )
+
+
+def _give_up(session: Session, message: OutboxMessage) -> None:
+    """Fail the still-queued job whose message keeps failing, and drop the message."""
+    reason = (
+        f"its task message could not be sent to the broker in {message.publish_attempts} attempts "
+        f"(last error: {message.last_error}); submit the job again, and report it if this repeats"
+    )
+    if not fail_queued_job(session, message.job_id, code="publish_failed", reason=reason):
+        add_event(
+            session, message.job_id, "log",
+            f"gave up sending a task message after {message.publish_attempts} attempts "
+            f"(last error: {message.last_error}); the job had left the queue, so it goes on",
+            level="error", data={"action": "publish_abandoned", "error": message.last_error},
+        )
+    session.delete(message)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.enums import JobStatus
+from db.enums import JobStatus, check_transition
 from db.errors import Conflict, NotFound
 from db.models import Job, JobDataset, JobEvent, OutboxMessage
 from db.services.ids import is_row_id
@@ -80,6 +80,21 @@ def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> Outbox
     session.add(message)
     session.flush()
     return message
+
+
+def fail_queued_job(session: Session, job_id: int, *, code: str, reason: str) -> bool:
+    """Fail a job that has not started, with the reason shown to its owner; False if it is no longer queued."""
+    check_transition(JobStatus.QUEUED, JobStatus.FAILED)
+    now = utcnow()
+    failed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, error_code=code, error_message=reason)
+    ).rowcount == 1
+    if failed:
+        add_event(session, job_id, "status", f"job failed: {reason}", level="error",
+                  data={"status": "failed", "error_code": code})
+    return failed
 
 
 def get_job(session: Session, tenant_id: int, job_id: int) -> Job:

@@ -4,25 +4,57 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import NotFound
 from db.models import Evaluation, ModelArtifact
 from db.services.ids import is_row_id
 
+REGISTER_ATTEMPTS = 5  # each lost race means another registration of the name committed meanwhile
+
 
 def register_model(session: Session, *, tenant_id: int, name: str, **fields: Any) -> ModelArtifact:
-    """Add the next version of model `name` for the tenant."""
-    latest = session.scalar(
-        select(func.max(ModelArtifact.version)).where(
-            ModelArtifact.tenant_id == tenant_id, ModelArtifact.name == name
-        )
+    """Add the next version of model `name` for the tenant, even while another job registers it too."""
+    # The INSERT computes max(version) + 1 itself. SQLite runs one writer at a time and takes the
+    # write lock before that read, so the number cannot be taken meanwhile. PostgreSQL runs writers
+    # side by side: a concurrent registration of the same name can pick the same number, and ours
+    # then fails on the unique constraint once the other commits; the retry runs in a savepoint (so
+    # the caller's transaction survives) and, under READ COMMITTED, sees the winner's row. No
+    # savepoint on SQLite: pysqlite opens no transaction for one, so releasing it would commit the
+    # caller's earlier work (SQLAlchemy's pysqlite notes), and no race needs it there.
+    if session.get_bind().dialect.name == "sqlite":
+        return _insert_next_version(session, tenant_id, name, fields)
+    attempt = 1
+    while True:
+        try:
+            with session.begin_nested():
+                return _insert_next_version(session, tenant_id, name, fields)
+        except IntegrityError:
+            if attempt >= REGISTER_ATTEMPTS or not _registered(session, tenant_id, name):
+                raise  # not a lost race (e.g. a foreign key), or lost too often to be one
+        attempt += 1
+
+
+def _insert_next_version(session: Session, tenant_id: int, name: str, fields: dict[str, Any]) -> ModelArtifact:
+    """Insert the model with the version after the newest one, in one statement."""
+    next_version = (
+        select(func.coalesce(func.max(ModelArtifact.version), 0) + 1)
+        .where(ModelArtifact.tenant_id == tenant_id, ModelArtifact.name == name)
+        .scalar_subquery()
     )
-    artifact = ModelArtifact(tenant_id=tenant_id, name=name, version=(latest or 0) + 1, **fields)
-    session.add(artifact)
-    session.flush()
-    return artifact
+    statement = (
+        insert(ModelArtifact)
+        .values(tenant_id=tenant_id, name=name, version=next_version, **fields)
+        .returning(ModelArtifact)
+    )
+    return session.scalars(statement).one()
+
+
+def _registered(session: Session, tenant_id: int, name: str) -> bool:
+    query = select(ModelArtifact.id).where(ModelArtifact.tenant_id == tenant_id, ModelArtifact.name == name)
+    return session.scalars(query.limit(1)).first() is not None
 
 
 def resolve_model(session: Session, tenant_id: int, ref: str) -> ModelArtifact | None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import update
+
+from api.cli import _parser, cmd_token
 
 from db.base import utcnow
 from db.models import ApiToken
@@ -42,7 +46,19 @@ def test_malformed_authorization_header_is_401(client, header):
 
 def test_unknown_token_is_401(client, auth):
     response = client.get(f"{API}/datasets", headers={"Authorization": "Bearer ns_not-a-real-token"})
-    assert_error(response, 401, "invalid_token", "unknown or revoked")
+    assert_error(response, 401, "invalid_token", "unknown or revoked", "`nightshift token --tenant NAME`")
+
+
+@pytest.mark.parametrize("header", [None, "Bearer ns_not-a-real-token"], ids=["missing", "unknown"])
+def test_the_command_the_401_suggests_is_one_the_cli_runs(client, header):
+    response = client.get(f"{API}/jobs", headers={"Authorization": header} if header else {})
+    [command] = re.findall(r"`([^`]+)`", response.get_json()["error"]["message"])
+
+    program, *argv = command.split()
+    args = _parser().parse_args(argv)
+
+    assert program == "nightshift"
+    assert (args.func, args.tenant) == (cmd_token, "NAME")
 
 
 def test_revoked_token_is_401(app, client, auth):

@@ -1,0 +1,117 @@
+"""The outbox relay against a real Redis and both databases: one unsendable message holds back nothing."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from kombu.exceptions import EncodeError
+from sqlalchemy import select, update
+
+from db.base import utcnow
+from db.models import Job, JobEvent, OutboxMessage
+from db.services.jobs import create_job
+from db.services.tenants import get_or_create_tenant
+from worker.broker import pending_job_ids
+from worker.celery_app import make_celery
+from worker.config import Settings
+from worker.outbox import MAX_PUBLISH_FAILURES, relay_outbox
+
+QUEUE = "outbox-test"
+CLOSED_PORT_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
+
+
+class RefusingForOneJob:
+    """The real Celery app, except that sending the message of one job raises (as a bad message would)."""
+
+    def __init__(self, celery, job_id: int) -> None:
+        self._celery, self._job_id = celery, job_id
+
+    def send_task(self, name, args, **options):
+        if args[0] == self._job_id:
+            raise EncodeError(f"cannot encode the message of job {self._job_id}")
+        return self._celery.send_task(name, args=args, **options)
+
+
+@pytest.fixture
+def celery(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    yield make_celery(Settings(redis_url=redis_url, queue_evaluate=QUEUE))
+    client.flushall()
+    client.close()
+
+
+def submit(session_factory, count: int) -> list[int]:
+    with session_factory.begin() as session:
+        tenant = get_or_create_tenant(session, "acme")
+        return [create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
+                           params={"model": "m", "dataset_id": i}, queue=QUEUE)[0].id
+                for i in range(count)]
+
+
+def message_of(session_factory, job_id: int) -> OutboxMessage | None:
+    with session_factory() as session:
+        return session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).first()
+
+
+def events_of(session_factory, job_id: int) -> list[JobEvent]:
+    with session_factory() as session:
+        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def make_due(session_factory) -> None:
+    with session_factory.begin() as session:
+        session.execute(update(OutboxMessage).values(available_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_an_unsendable_message_does_not_hold_back_the_next_ones(session_factory, celery, redis_url):
+    refused, *others = submit(session_factory, 3)
+
+    assert relay_outbox(session_factory, RefusingForOneJob(celery, refused)) == 2
+
+    assert pending_job_ids(redis_url, [QUEUE], delivered_within_seconds=5) == set(others)
+    message = message_of(session_factory, refused)
+    assert (message.sent_at, message.publish_attempts) == (None, 1)
+    assert message.last_error == f"EncodeError: cannot encode the message of job {refused}"
+    assert message.available_at > utcnow()  # backed off: the next pass does not hammer it
+    event = events_of(session_factory, refused)[-1]
+    assert (event.type, event.level, event.data["action"]) == ("log", "error", "publish_failed")
+    assert "could not be sent" in event.message and "EncodeError" in event.message
+    assert f"attempt 1 of {MAX_PUBLISH_FAILURES}" in event.message
+    assert all(message_of(session_factory, job_id).sent_at is not None for job_id in others)
+
+
+def test_a_message_that_keeps_failing_fails_its_queued_job_with_the_reason(session_factory, celery):
+    [job_id] = submit(session_factory, 1)
+    relay = RefusingForOneJob(celery, job_id)
+
+    for _ in range(MAX_PUBLISH_FAILURES):
+        make_due(session_factory)
+        assert relay_outbox(session_factory, relay) == 0
+
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.error_code) == ("failed", "publish_failed")
+    assert f"could not be sent to the broker in {MAX_PUBLISH_FAILURES} attempts" in job.error_message
+    assert "EncodeError" in job.error_message and job.finished_at is not None
+    assert message_of(session_factory, job_id) is None
+    events = events_of(session_factory, job_id)
+    assert [e.data.get("action") for e in events if e.type == "log"] == ["publish_failed"] * (MAX_PUBLISH_FAILURES - 1)
+    assert (events[-1].type, events[-1].level, events[-1].data["status"]) == ("status", "error", "failed")
+
+
+def test_a_broker_outage_stops_the_batch_and_uses_up_no_attempt(session_factory):
+    jobs = submit(session_factory, 2)
+    unreachable = make_celery(Settings(redis_url=CLOSED_PORT_URL, queue_evaluate=QUEUE))
+
+    started = time.monotonic()
+    assert relay_outbox(session_factory, unreachable) == 0
+    assert time.monotonic() - started < 30
+
+    first, second = (message_of(session_factory, job_id) for job_id in jobs)
+    assert (first.sent_at, first.publish_attempts, second.publish_attempts) == (None, 0, 0)
+    assert first.last_error.startswith("OperationalError") and second.last_error is None  # the batch stopped
+    assert all([e.type for e in events_of(session_factory, job_id)] == ["status"] for job_id in jobs)
