@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -86,8 +85,3 @@ class Client:
                 for block in response.iter_content(1 << 16):
                     out.write(block)
         return dest
-
-
-def pretty(data: Any) -> str:
-    """Return JSON for humans."""
-    return json.dumps(data, indent=2, sort_keys=False)

@@ -102,8 +102,10 @@ class JobOut(_Out):
     params: dict[str, Any]
     priority: int
     queue: str
-    attempts: int
+    attempts: int = Field(description="Attempts charged to the job: its process died, or it raised a "
+                          "transient error (clean hand-backs and lost workers are not charged).")
     max_attempts: int
+    interruptions: int = Field(description="Attempts ended by a lost worker or host; not charged to the job.")
     cancel_requested: bool
     progress: Progress
     error: ErrorDetail | None

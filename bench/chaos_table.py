@@ -32,9 +32,12 @@ def main() -> None:
         args.repeat = runs_passed = None
     else:
         records, runs_passed = run_suite(args.repeat)
-    by_scenario = defaultdict(list)
+    by_scenario, measured = defaultdict(list), defaultdict(list)
     for record in records:
-        by_scenario[record["scenario"]].append(record)
+        if "measurement" in record:
+            measured[record["measurement"]].append(record["seconds"])
+        else:
+            by_scenario[record["scenario"]].append(record)
     print(f"command: {command_line()}")
     if args.repeat is not None:
         print(f"suite runs: {args.repeat}, fully green: {runs_passed}")
@@ -47,6 +50,11 @@ def main() -> None:
         duplicated = sum(r["ends"] > 1 for r in rows)
         recovery = f"{statistics.median(gaps):.1f} / {max(gaps):.1f}" if gaps else "-"
         print(f"| {scenario} | {len(rows)} | {lost} | {duplicated} | {len(gaps)} | {recovery} |")
+    if measured:
+        print("\n| with default settings: kill to next start | runs | median (s) | worst (s) |")
+        print("|---|---|---|---|")
+        for name, seconds in sorted(measured.items()):
+            print(f"| {name} | {len(seconds)} | {statistics.median(seconds):.1f} | {max(seconds):.1f} |")
 
 
 def run_suite(repeat: int) -> tuple[list[dict], int]:

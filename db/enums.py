@@ -1,20 +1,8 @@
-"""Job kinds, NLP tasks and the job status machine."""
+"""The job status machine."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-
-
-class JobKind(StrEnum):
-    FINETUNE = "finetune"
-    EVALUATE = "evaluate"
-    BATCH_INFERENCE = "batch_inference"
-
-
-class TaskType(StrEnum):
-    """NLP task of a job or model; each value maps to a module in `worker/ml/tasks/`."""
-
-    TEXT_CLASSIFICATION = "text-classification"
 
 
 class JobStatus(StrEnum):

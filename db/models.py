@@ -86,8 +86,11 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
+    # Attempts charged to the job (claims, less clean hand-backs and lost hosts), capped by
+    # max_attempts; attempts ended by a worker or host that died are counted in `interruptions`.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)

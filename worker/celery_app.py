@@ -16,7 +16,12 @@ def make_celery(settings: Settings) -> Celery:
         transport |= {"unacked_restore_interval": settings.unacked_restore_seconds, "unacked_restore_throttle": 1}
     app.conf.update(
         task_acks_late=True,
-        task_reject_on_worker_lost=True,  # safe: attempts are capped on the job row
+        # When a job's process dies, the worker's main process hands the job back in SQL at once
+        # (worker.recovery.JobRequest) and the outbox wakes a worker; the message itself is done.
+        task_reject_on_worker_lost=False,
+        # The job row, not a result, tells whether a dead process finished: report the death
+        # after 1 s instead of Celery's 10 s wait for a late result.
+        worker_lost_wait=1.0,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1,  # every job in a fresh process: frees GPU memory
         # Jobs stop themselves at their soft limit (checkpoint first); Celery's own soft limit is a

@@ -26,11 +26,14 @@ class Settings:
     api_workers: int = field(default=2, metadata={"help": "gunicorn worker processes."})
     max_upload_bytes: int = field(default=1 << 30, metadata={"help": "Largest accepted upload (413 above)."})
     hub_enabled: bool = field(default=False, metadata={"help": "Allow model references that must be fetched from a hub."})
-    lease_seconds: float = field(default=60.0, metadata={"help": "How long a job's lease lasts without a heartbeat."})
+    # A dead host's job runs again within lease + sweep (+ a relay pass) seconds: 30 + 5 keeps that
+    # under 45 s while a lease still survives five missed heartbeats (a stalled database, a long pause).
+    lease_seconds: float = field(default=30.0, metadata={"help": "How long a job's lease lasts without a heartbeat."})
     heartbeat_seconds: float = field(default=5.0, metadata={"help": "Heartbeat period of a running job."})
-    max_attempts: int = field(default=3, metadata={"help": "Attempts before a job fails for good."})
+    max_attempts: int = field(default=3, metadata={"help": "Attempts a job may use up: its process died, or it raised a transient error."})
+    max_interruptions: int = field(default=20, metadata={"help": "Attempts ended by a lost worker or host (not the job's fault) before the job fails."})
     retry_backoff_seconds: float = field(default=10.0, metadata={"help": "First retry delay; doubles per attempt."})
-    sweep_seconds: float = field(default=10.0, metadata={"help": "Sweeper period (in beat)."})
+    sweep_seconds: float = field(default=5.0, metadata={"help": "Sweeper period (in beat)."})
     relay_seconds: float = field(default=2.0, metadata={"help": "Outbox relay period (in beat)."})
     redispatch_after_seconds: float = field(default=30.0, metadata={"help": "Re-send a queued job's message if the broker lost it this long after sending."})
     queue_finetune: str = field(default="gpu", metadata={"help": "Celery queue of fine-tunes."})

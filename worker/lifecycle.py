@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 Finalize = Callable[[Session], dict[str, Any]]
 
 
-def worker_identity() -> str:
-    """Return this process's lease owner name."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_identity(pid: int | None = None) -> str:
+    """Return the lease owner name of this process (or of process `pid` on this host)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 class JobContext:
@@ -154,7 +154,8 @@ def run_job(
 ) -> str:
     """Claim job `job_id`, run it, and record exactly one outcome; return that outcome."""
     with session_factory() as session, session.begin():
-        lease = claim_job(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds)
+        lease = claim_job(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds,
+                          max_interruptions=settings.max_interruptions)
         job = session.get(Job, job_id) if lease else None
     if lease is None:
         log.info("job %s: not claimable (duplicate delivery, finished or cancelled); dropped", job_id)

@@ -23,7 +23,8 @@ def run_maintenance(celery_app: Celery, stop: threading.Event) -> None:
         try:
             relay_outbox(state.session_factory(), celery_app)
             if time.monotonic() >= next_sweep:
-                sweep(state.session_factory(), settings)
+                if any(sweep(state.session_factory(), settings).values()):
+                    relay_outbox(state.session_factory(), celery_app)  # rescued jobs wake a worker now
                 next_sweep = time.monotonic() + settings.sweep_seconds
         except Exception:  # database or broker down: keep looping, the next tick retries
             log.exception("maintenance tick failed; retrying in %ss", settings.relay_seconds)

@@ -13,7 +13,7 @@ from db.base import utcnow
 from db.enums import JobStatus
 from db.models import Job, OutboxMessage
 from db.services.jobs import add_event, enqueue
-from db.services.leases import expired_leases, rescue_expired
+from db.services.leases import LostAttempt, end_lost_attempt, expired_leases
 from worker.broker import pending_job_ids
 from worker.config import Settings
 
@@ -27,13 +27,23 @@ def backoff_seconds(settings: Settings, attempts: int) -> float:
     return min(settings.retry_backoff_seconds * 2 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS)
 
 
+def rerun_delay_seconds(settings: Settings, losses: int) -> float:
+    """Return the delay before running again a job that has lost `losses` attempts the same way.
+
+    The first loss reruns at once (recovery in seconds); repeated ones back off exponentially.
+    """
+    return 0.0 if losses <= 1 else backoff_seconds(settings, losses - 1)
+
+
 def sweep(session_factory: sessionmaker[Session], settings: Settings) -> dict[str, int]:
     """Run one sweep; return counts of what it did."""
     counts = {"requeued": 0, "failed": 0, "redispatched": 0}
     with session_factory() as session, session.begin():
         for job in expired_leases(session):
-            outcome = rescue_expired(
-                session, job, backoff_seconds=backoff_seconds(settings, job.attempts),
+            outcome = end_lost_attempt(
+                session, job, LostAttempt.LEASE_EXPIRED,
+                delay_seconds=rerun_delay_seconds(settings, job.interruptions + 1),
+                max_interruptions=settings.max_interruptions,
                 hard_limit_seconds=settings.hard_time_limit_for(job.kind),
             )
             if outcome:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from celery import Task
+
 from worker import state
 from worker.celery_app import app
 from worker.lifecycle import run_job
+
+
+class JobTask(Task):
+    """A job task: when its process dies, the worker hands the job back at once."""
+
+    Request = "worker.recovery:JobRequest"
 
 
 def _run(job_id: int, kind: str) -> str:
@@ -13,19 +21,19 @@ def _run(job_id: int, kind: str) -> str:
     return run_job(job_id, RUNNERS[kind], session_factory=state.session_factory(), settings=state.settings())
 
 
-@app.task(name="jobs.finetune")
+@app.task(name="jobs.finetune", base=JobTask)
 def finetune(job_id: int) -> str:
     """Fine-tune a model (job kind `finetune`)."""
     return _run(job_id, "finetune")
 
 
-@app.task(name="jobs.evaluate")
+@app.task(name="jobs.evaluate", base=JobTask)
 def evaluate(job_id: int) -> str:
     """Evaluate a model on a labelled dataset (job kind `evaluate`)."""
     return _run(job_id, "evaluate")
 
 
-@app.task(name="jobs.batch_inference")
+@app.task(name="jobs.batch_inference", base=JobTask)
 def batch_inference(job_id: int) -> str:
     """Run a model over every row of a dataset (job kind `batch_inference`)."""
     return _run(job_id, "batch_inference")

@@ -21,6 +21,15 @@ TASK_NAMES = {
 }
 
 
+def status_guard(current: JobStatus, new: JobStatus):
+    """Return the WHERE clause of a guarded UPDATE moving a job from `current` to `new`.
+
+    The move must be in `db.enums.TRANSITIONS`, so code cannot write an illegal one.
+    """
+    check_transition(current, new)
+    return Job.status == current
+
+
 def create_job(
     session: Session,
     *,
@@ -84,11 +93,10 @@ def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> Outbox
 
 def fail_queued_job(session: Session, job_id: int, *, code: str, reason: str) -> bool:
     """Fail a job that has not started, with the reason shown to its owner; False if it is no longer queued."""
-    check_transition(JobStatus.QUEUED, JobStatus.FAILED)
     now = utcnow()
     failed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .where(Job.id == job_id, status_guard(JobStatus.QUEUED, JobStatus.FAILED))
         .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, error_code=code, error_message=reason)
     ).rowcount == 1
     if failed:
@@ -162,7 +170,7 @@ def request_cancel(session: Session, tenant_id: int, job_id: int) -> Job:
     now = utcnow()
     cancelled_now = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .where(Job.id == job_id, status_guard(JobStatus.QUEUED, JobStatus.CANCELLED))
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
     ).rowcount
     if cancelled_now:

