@@ -45,7 +45,7 @@ class Settings:
     time_limit_grace_seconds: int = field(default=600, metadata={"help": "Hard limit = soft limit + this; then the process is killed."})
     visibility_timeout_seconds: int = field(default=13 * 3600, metadata={"help": "Redis transport visibility timeout."})
     unacked_restore_seconds: int = field(default=0, metadata={"help": "How often workers re-queue unacknowledged messages past the visibility timeout (0: the transport's default)."})
-    worker_concurrency: int = field(default=1, metadata={"help": "Processes per worker (one per GPU)."})
+    worker_concurrency: int = field(default=1, metadata={"help": "Processes per worker; pool process i gets GPU i of the visible ones (set one per GPU)."})
     token: str = field(default="", metadata={"help": "Bearer token the CLI sends."})
     api_url: str = field(default="", metadata={"help": "API base URL the CLI calls; default from host and port."})
 
