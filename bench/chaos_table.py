@@ -4,7 +4,8 @@ Each scenario's invariants (one terminal state, no stale-epoch writes, one resul
 matching rescues) are asserted by the tests themselves; this script counts the runs, the jobs they
 checked, and the measured gap between a broken attempt and the next one.
 
-    python bench/chaos_table.py [--repeat 3]
+    python bench/chaos_table.py [--repeat 3] [--save report.jsonl]
+    python bench/chaos_table.py --report report.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 from _common import REPO, command_line
@@ -25,13 +27,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--report", help="summarise this NIGHTSHIFT_CHAOS_REPORT file instead of running")
+    parser.add_argument("--save", help="keep what the runs recorded in this file (for --report later)")
     args = parser.parse_args()
     runs_passed = 0
     if args.report:
         records = [json.loads(line) for line in open(args.report)]
         args.repeat = runs_passed = None
     else:
-        records, runs_passed = run_suite(args.repeat)
+        records, runs_passed = run_suite(args.repeat, args.save)
     by_scenario, measured = defaultdict(list), defaultdict(list)
     for record in records:
         if "measurement" in record:
@@ -57,18 +60,22 @@ def main() -> None:
             print(f"| {name} | {len(seconds)} | {statistics.median(seconds):.1f} | {max(seconds):.1f} |")
 
 
-def run_suite(repeat: int) -> tuple[list[dict], int]:
+def run_suite(repeat: int, save: str | None = None) -> tuple[list[dict], int]:
     """Run tests/chaos `repeat` times; return what they recorded and how many runs were green."""
     passed = 0
-    with tempfile.NamedTemporaryFile(suffix=".jsonl") as report:
-        env = {**os.environ, "NIGHTSHIFT_CHAOS_REPORT": report.name}
-        for _ in range(repeat):
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as scratch:
+        report = save or scratch.name
+        open(report, "w").close()
+        env = {**os.environ, "NIGHTSHIFT_CHAOS_REPORT": report}
+        for run in range(1, repeat + 1):
+            started = time.monotonic()
             result = subprocess.run([sys.executable, "-m", "pytest", "tests/chaos", "-q", "-p", "no:cacheprovider"],
                                     cwd=REPO, env=env, capture_output=True, text=True)
             lines = result.stdout.strip().splitlines()
-            print(*[line for line in lines if line.startswith("FAILED")], lines[-1], sep="\n", flush=True)
+            print(f"run {run}/{repeat} ({time.monotonic() - started:.0f} s):",
+                  *[line for line in lines if line.startswith("FAILED")], lines[-1], sep="\n  ", flush=True)
             passed += result.returncode == 0
-        return [json.loads(line) for line in open(report.name)], passed
+        return [json.loads(line) for line in open(report)], passed
 
 
 def _number(scenario: str) -> tuple[int, str]:
