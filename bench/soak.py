@@ -99,12 +99,16 @@ def report(session_factory, job_ids: list[int], chaos: Chaos, elapsed: float) ->
             JobEvent.data["status"].as_string().in_(["succeeded", "failed", "cancelled"]))).all())
         models = dict(session.execute(select(ModelArtifact.source_job_id, func.count()).group_by(
             ModelArtifact.source_job_id)).all())
+        causes = Counter(session.scalars(select(JobEvent.data["action"].as_string()).where(
+            JobEvent.job_id.in_(job_ids), JobEvent.type == "rescue")).all())
     status = Counter(j.status for j in jobs)
     lost = len(job_ids) - sum(status[s] for s in ("succeeded", "failed", "cancelled"))
     twice = sum(1 for j in jobs if ends[j.id] > 1 or models.get(j.id, 0) > 1)
     reasons = Counter(f"{j.error_code}" for j in jobs if j.status == "failed")
     attempts = dict(sorted(Counter(j.attempts for j in jobs).items()))
-    print(f"Nightshift: failed {dict(reasons)}; attempts per job: {attempts}")
+    interruptions = dict(sorted(Counter(j.interruptions for j in jobs).items()))
+    print(f"Nightshift: failed {dict(reasons)}; attempts charged per job: {attempts}; interruptions (lost "
+          f"workers, not charged) per job: {interruptions}; rescues by cause: {dict(causes)}")
     requeued, resumed = recovery_seconds(session_factory, chaos.kills)
     for name, values in (("requeued after a kill", requeued), ("running again after a kill", resumed)):
         if values:
