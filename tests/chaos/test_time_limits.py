@@ -11,15 +11,18 @@ from tests.chaos.conftest import ChaosSystem, check_invariants, finetune_params,
 
 pytestmark = pytest.mark.chaos
 
-SOFT_LIMIT_SECONDS = 8
+# Long enough for a fine-tune to start training on a loaded 2-core machine before its limit, so
+# that the limit always meets a training loop to checkpoint.
+SOFT_LIMIT_SECONDS = 30
 GRACE_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
 def limited(chaos_database, tmp_path_factory):
-    """A system whose fine-tunes may run only a few seconds; leases outlast the hard limit, so that
+    """A system whose fine-tunes may run only half a minute; leases outlast the hard limit, so that
     a job killed by it is seen by the sweeper as killed by its limit, not as a lost worker."""
-    system = ChaosSystem(tmp_path_factory.mktemp("limited"), chaos_database, lease_seconds=20.0,
+    system = ChaosSystem(tmp_path_factory.mktemp("limited"), chaos_database,
+                         lease_seconds=SOFT_LIMIT_SECONDS + GRACE_SECONDS + 6.0,
                          time_limit_finetune=SOFT_LIMIT_SECONDS, time_limit_grace_seconds=GRACE_SECONDS).start()
     try:
         yield system
@@ -35,7 +38,7 @@ def dataset(limited, tmp_path_factory):
 
 def test_11a_soft_time_limit_saves_a_checkpoint_and_says_why(limited, tiny_model, dataset):
     job = limited.client.submit("finetune", finetune_params(tiny_model, dataset, max_steps=100_000, save_steps=10**6))
-    failed = limited.client.wait(job["id"], timeout=120)
+    failed = limited.client.wait(job["id"], timeout=240)
     assert failed["status"] == "failed" and failed["error"]["code"] == "time_limit"
     assert "time limit" in failed["error"]["message"]
     checkpoints = list((limited.data_dir / "checkpoints" / f"job-{job['id']}").glob("checkpoint-*/COMPLETE"))
@@ -49,7 +52,7 @@ def test_11b_hard_time_limit_kills_the_process_and_the_sweeper_fails_the_job(lim
     pid = limited.job_pid(job["id"])
     os.kill(pid, signal.SIGSTOP)  # stuck: it cannot honour its soft limit, Celery must kill it
     try:
-        failed = limited.client.wait(job["id"], timeout=120)
+        failed = limited.client.wait(job["id"], timeout=240)
     finally:
         try:
             os.kill(pid, signal.SIGCONT)

@@ -57,7 +57,7 @@ def test_up_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
     names = " ".join(" ".join(c.cmdline()) for c in children)
     assert "gunicorn" in names and "worker" in names and "beat" in names and "redis-server" in names
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    output, _ = process.communicate(timeout=180)  # a bounded stop: at most about a minute per stage
     assert process.returncode == 0, output
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left running after Ctrl-C: {[p.pid for p in alive]}"
