@@ -14,6 +14,7 @@ reasons, attempts, and the time from a kill until each job it interrupted runs a
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -169,7 +170,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C, so every stack and worker is stopped
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args()
     sys.path.insert(0, str(REPO))
     from tests.tiny_models import build_tiny_classifier
