@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from worker.config import Settings, describe
@@ -125,31 +126,47 @@ def cmd_token(args) -> int:
 
 
 def cmd_up(_args) -> int:
-    stack, settings, token = _start_stack()
-    _print_endpoints(settings, token)
-    print("Processes that die are restarted; Ctrl-C stops everything.", flush=True)
-    return _serve_until_interrupted(stack)
+    def announce(settings: Settings, token: str) -> bool:
+        _print_endpoints(settings, token)
+        print("Processes that die are restarted; Ctrl-C stops everything.", flush=True)
+        return True
+
+    return _run_stack(announce)
 
 
-def _start_stack():
+def _run_stack(work: Callable[[Settings, str], bool]) -> int:
+    """Start the stack, call `work(settings, token)`, then keep the stack running (restarting what
+    dies) until Ctrl-C or SIGTERM, or stop at once if `work` returns False.
+
+    One try block spans everything after the first process starts, so an interrupt at any moment,
+    during start-up included, stops every process: they lead their own process groups and would
+    not see a terminal's Ctrl-C themselves.
+    """
     from api.stack import Stack, StartupError
+    from api.supervisor import Supervisor
 
     settings = Settings.from_env()
     stack = Stack(settings)
     print(f"starting Nightshift in {Path(settings.data_dir).resolve()} ...", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, outlive the terminal
-        signal.signal(signal.SIGHUP, _interrupt)  # children have their own process groups: stop them
+        signal.signal(signal.SIGHUP, _interrupt)
     try:
-        settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
-    except StartupError as exc:
-        raise SystemExit(f"Nightshift did not start: {exc}") from None
-    try:
-        token = ensure_local_token(settings)
-    except BaseException:
+        try:
+            settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
+        except StartupError as exc:
+            raise SystemExit(f"Nightshift did not start: {exc}") from None
+        if work(settings, ensure_local_token(settings)):
+            Supervisor(stack.children()).run()  # restarts what dies; only Ctrl-C or SIGTERM ends it
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        # A second Ctrl-C reaches only this process: let it not cut the (bounded) stop short.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         stack.stop()
-        raise
-    return stack, settings, token
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -174,23 +191,6 @@ def ensure_local_token(settings: Settings) -> str:
     return raw
 
 
-def _serve_until_interrupted(stack) -> int:
-    from api.supervisor import Supervisor
-
-    try:
-        Supervisor(stack.children()).run()  # restarts what dies; only Ctrl-C or SIGTERM ends it
-        return 0
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-        return 0
-    finally:
-        # The children have their own process groups, so a second Ctrl-C reaches only this process:
-        # let it not cut the (bounded) stop short and leave them running.
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        stack.stop()
-
-
 def _print_endpoints(settings: Settings, token: str) -> None:
     print(f"API        {settings.base_url}/api/v1   (OpenAPI: {settings.base_url}/api/v1/openapi.json)")
     print(f"token      {token}   (also in {Path(settings.data_dir).resolve() / TOKEN_FILE})")
@@ -202,18 +202,14 @@ def _print_endpoints(settings: Settings, token: str) -> None:
 def cmd_demo(args) -> int:
     from api.demo_run import run_demo
 
-    stack, settings, token = _start_stack()
-    try:
+    def demo(settings: Settings, token: str) -> bool:
         run_demo(settings, token, base_model=args.base_model, epochs=args.epochs)
         _print_endpoints(settings, token)
-    except BaseException:
-        stack.stop()
-        raise
-    if args.exit:
-        stack.stop()
-        return 0
-    print("The stack keeps running for you to explore; Ctrl-C stops it.")
-    return _serve_until_interrupted(stack)
+        if not args.exit:
+            print("The stack keeps running for you to explore; Ctrl-C stops it.", flush=True)
+        return not args.exit
+
+    return _run_stack(demo)
 
 
 # -- talking to a running API -----------------------------------------------------------------

@@ -75,7 +75,9 @@ class EmbeddedRedis:
             "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
             "--logfile", str(self.log_path),
         ]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, process_group=0)
+        # It logs to its file; holding the caller's stdout would keep a pipe reader waiting after we exit.
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, process_group=0)
         try:
             wait_for_redis(self.url, process=self.process)
         except BaseException:

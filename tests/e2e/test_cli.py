@@ -64,6 +64,32 @@ def test_up_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
     assert "stopping" in output
 
 
+@pytest.mark.parametrize("moment", ["a process has started", "the API answers"])
+def test_ctrl_c_at_any_moment_of_start_up_stops_every_process(tmp_path, moment):
+    port = free_port()
+    process = nightshift(tmp_path, "up", port=port)
+    seen: dict[int, psutil.Process] = {}
+
+    def reached() -> bool:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen.update((c.pid, c) for c in psutil.Process(process.pid).children(recursive=True))
+        if moment == "the API answers":
+            with contextlib.suppress(requests.RequestException):
+                return requests.get(f"http://127.0.0.1:{port}/api/v1/healthz", timeout=2).status_code == 200
+            return False
+        return bool(seen)
+
+    try:
+        wait_until(reached, timeout=120, message=f"{moment} under `nightshift up`")
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=30)
+    assert not alive, f"left running after Ctrl-C: {[' '.join(p.cmdline())[:80] for p in alive]}"
+
+
 class Up:
     """`nightshift up` as a real process, its output read as it comes."""
 
