@@ -148,6 +148,8 @@ def _run_stack(work: Callable[[Settings, str], bool]) -> int:
     settings = Settings.from_env()
     stack = Stack(settings)
     print(f"starting Nightshift in {Path(settings.data_dir).resolve()} ...", flush=True)
+    # SIGINT explicitly too: a shell starts background jobs with it ignored, and Python keeps that.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, outlive the terminal
         signal.signal(signal.SIGHUP, _interrupt)
