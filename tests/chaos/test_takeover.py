@@ -43,8 +43,18 @@ def dataset(default_system, tmp_path_factory):
 
 def start_long_finetune(system, tiny_model, dataset) -> int:
     job = system.client.submit("finetune", finetune_params(tiny_model, dataset, max_steps=600, save_steps=50))
-    wait_until(lambda: (system.job(job["id"]).progress_done or 0) >= 20, timeout=120,
-               message="the fine-tune trains past step 20")
+
+    def training() -> bool:
+        row = system.job(job["id"])
+        assert row.status in ("queued", "running"), f"job {row.id} ended {row.status}: {row.error_message}"
+        return (row.progress_done or 0) >= 20
+
+    try:
+        wait_until(training, timeout=120, message="the fine-tune trains past step 20")
+    except AssertionError as exc:  # say where it stood, for whoever reads the failure
+        row = system.job(job["id"])
+        raise AssertionError(f"{exc} (job {row.id}: {row.status}, stage {row.progress_stage}, "
+                             f"step {row.progress_done}, attempts {row.attempts}, owner {row.lease_owner})") from None
     return job["id"]
 
 
