@@ -16,6 +16,7 @@ import pytest
 
 from db.base import utcnow
 from tests.chaos.conftest import ChaosSystem, check_invariants, finetune_params, record_measurement, wait_until
+from tests.helpers import write_reviews
 from worker.config import Settings
 
 pytestmark = pytest.mark.chaos
@@ -27,29 +28,23 @@ DEFAULT_TIMING = {f.name: f.default for f in fields(Settings) if f.name in TIMIN
 
 @pytest.fixture(scope="module")
 def default_system(chaos_database, tmp_path_factory):
-    with ChaosSystem(tmp_path_factory.mktemp("defaults"), chaos_database, **DEFAULT_TIMING) as system:
+    system = ChaosSystem(tmp_path_factory.mktemp("defaults"), chaos_database, **DEFAULT_TIMING).start()
+    try:
         yield system
+    finally:
+        system.stop()
 
 
 @pytest.fixture(scope="module")
 def dataset(default_system, tmp_path_factory):
-    return default_system.upload_reviews(tmp_path_factory.mktemp("defaults-data"), seed=3)
+    path = write_reviews(tmp_path_factory.mktemp("defaults-data") / "train.csv", 160, seed=3)
+    return default_system.client.upload_dataset(path, text_column="text", label_column="label")
 
 
 def start_long_finetune(system, tiny_model, dataset) -> int:
     job = system.client.submit("finetune", finetune_params(tiny_model, dataset, max_steps=600, save_steps=50))
-
-    def training() -> bool:
-        row = system.job(job["id"])
-        assert row.status in ("queued", "running"), f"job {row.id} ended {row.status}: {row.error_message}"
-        return (row.progress_done or 0) >= 20
-
-    try:
-        wait_until(training, timeout=120, message="the fine-tune trains past step 20")
-    except AssertionError as exc:  # say where it stood, for whoever reads the failure
-        row = system.job(job["id"])
-        raise AssertionError(f"{exc} (job {row.id}: {row.status}, stage {row.progress_stage}, "
-                             f"step {row.progress_done}, attempts {row.attempts}, owner {row.lease_owner})") from None
+    wait_until(lambda: (system.job(job["id"]).progress_done or 0) >= 20, timeout=120,
+               message="the fine-tune trains past step 20")
     return job["id"]
 
 
