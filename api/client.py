@@ -58,6 +58,10 @@ class Client:
     def job(self, job_id: int) -> dict:
         return self.request("GET", f"/jobs/{job_id}")
 
+    def cancel(self, job_id: int) -> dict:
+        """Ask for a job to stop: a queued job ends at once, a running one at its next step."""
+        return self.request("POST", f"/jobs/{job_id}/cancel")
+
     def wait(self, job_id: int, *, timeout: float = 3600.0, poll: float = 1.0, on_event=None) -> dict:
         """Poll a job until it ends, passing each new event to `on_event`."""
         deadline, cursor = time.monotonic() + timeout, 0
