@@ -59,6 +59,20 @@ class ChaosSystem(Stack):
             raise
         return self
 
+    def __enter__(self) -> "ChaosSystem":
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+        if os.environ.get("NIGHTSHIFT_TEST_SHOW_LOGS"):
+            for name in self.processes:
+                print(f"==== {name}\n{self.log(name)[-4000:]}")
+
+    def upload_reviews(self, folder: Path, *, seed: int, rows: int = 160) -> dict:
+        """Upload a synthetic labelled sentiment dataset; return the API's dataset."""
+        path = write_reviews(folder / "train.csv", rows, seed=seed)
+        return self.client.upload_dataset(path, text_column="text", label_column="label")
+
     def ensure_running(self) -> None:
         """Restart whatever a scenario stopped, so the next one starts whole."""
         if self.redis.process.poll() is not None:
@@ -205,14 +219,8 @@ def chaos_database():
 @pytest.fixture(scope="module")
 def chaos(chaos_database, tmp_path_factory):
     """A running system shared by a module's scenarios."""
-    system = ChaosSystem(tmp_path_factory.mktemp("chaos"), chaos_database).start()
-    try:
+    with ChaosSystem(tmp_path_factory.mktemp("chaos"), chaos_database) as system:
         yield system
-    finally:
-        system.stop()
-        if os.environ.get("NIGHTSHIFT_TEST_SHOW_LOGS"):
-            for name in system.processes:
-                print(f"==== {name}\n{system.log(name)[-4000:]}")
 
 
 @pytest.fixture(autouse=True)
@@ -227,8 +235,7 @@ def _whole_system(request):
 
 @pytest.fixture(scope="module")
 def train_dataset(chaos, tmp_path_factory):
-    path = write_reviews(tmp_path_factory.mktemp("train") / "train.csv", 160, seed=1)
-    return chaos.client.upload_dataset(path, text_column="text", label_column="label")
+    return chaos.upload_reviews(tmp_path_factory.mktemp("train"), seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import pytest
 
 from db.base import utcnow
 from tests.chaos.conftest import ChaosSystem, check_invariants, finetune_params, record_measurement, wait_until
-from tests.helpers import write_reviews
 from worker.config import Settings
 
 pytestmark = pytest.mark.chaos
@@ -30,17 +29,13 @@ DEFAULT_TIMING = {f.name: f.default for f in fields(Settings) if f.name in TIMIN
 
 @pytest.fixture(scope="module")
 def default_system(chaos_database, tmp_path_factory):
-    system = ChaosSystem(tmp_path_factory.mktemp("defaults"), chaos_database, **DEFAULT_TIMING).start()
-    try:
+    with ChaosSystem(tmp_path_factory.mktemp("defaults"), chaos_database, **DEFAULT_TIMING) as system:
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture(scope="module")
 def dataset(default_system, tmp_path_factory):
-    path = write_reviews(tmp_path_factory.mktemp("defaults-data") / "train.csv", 160, seed=3)
-    return default_system.client.upload_dataset(path, text_column="text", label_column="label")
+    return default_system.upload_reviews(tmp_path_factory.mktemp("defaults-data"), seed=3)
 
 
 def start_long_finetune(system, tiny_model, dataset) -> int:

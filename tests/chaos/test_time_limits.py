@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.chaos.conftest import ChaosSystem, check_invariants, finetune_params, wait_until, write_reviews
+from tests.chaos.conftest import ChaosSystem, check_invariants, finetune_params, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -21,19 +21,15 @@ GRACE_SECONDS = 4
 def limited(chaos_database, tmp_path_factory):
     """A system whose fine-tunes may run only half a minute; leases outlast the hard limit, so that
     a job killed by it is seen by the sweeper as killed by its limit, not as a lost worker."""
-    system = ChaosSystem(tmp_path_factory.mktemp("limited"), chaos_database,
-                         lease_seconds=SOFT_LIMIT_SECONDS + GRACE_SECONDS + 6.0,
-                         time_limit_finetune=SOFT_LIMIT_SECONDS, time_limit_grace_seconds=GRACE_SECONDS).start()
-    try:
+    with ChaosSystem(tmp_path_factory.mktemp("limited"), chaos_database,
+                     lease_seconds=SOFT_LIMIT_SECONDS + GRACE_SECONDS + 6.0,
+                     time_limit_finetune=SOFT_LIMIT_SECONDS, time_limit_grace_seconds=GRACE_SECONDS) as system:
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture(scope="module")
 def dataset(limited, tmp_path_factory):
-    path = write_reviews(tmp_path_factory.mktemp("limited-data") / "train.csv", 160, seed=2)
-    return limited.client.upload_dataset(path, text_column="text", label_column="label")
+    return limited.upload_reviews(tmp_path_factory.mktemp("limited-data"), seed=2)
 
 
 def test_11a_soft_time_limit_saves_a_checkpoint_and_says_why(limited, tiny_model, dataset):
