@@ -1,8 +1,11 @@
 """Stream dataset uploads into canonical JSON Lines, and read them back.
 
-CSV, TSV, JSON Lines and Parquet uploads are validated row by row while they stream, so a large
-upload never sits in memory and a bad row is reported by number with what to fix. The canonical
-file holds one JSON object per row, every value a string or null, so later stages read one format.
+CSV, TSV, JSON Lines, Parquet and CoNLL uploads are validated row by row while they stream, so a
+large upload never sits in memory and a bad row is reported by number with what to fix. What a row
+must hold depends on the task the data is for: a `RowSchema` (text and label here; each task module
+in `worker/ml/tasks/` has its own) checks each row and counts what the dataset's stats show. The
+canonical file holds one JSON object per row, every value a string or null except the structured
+values a schema keeps (token and tag lists, answers), so later stages read one format.
 """
 
 from __future__ import annotations
@@ -16,19 +19,21 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")
 EXTENSION_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".conll": "conll", ".bio": "conll", ".iob": "conll", ".iob2": "conll",
 }
+CONLL_DOCSTART = "-DOCSTART-"
 MAX_FIELD_CHARS = 64 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
 COPY_CHUNK_BYTES = 1024 * 1024
 PARQUET_BATCH_ROWS = 2048
 _UTF8_BOM = b"\xef\xbb\xbf"
-_MAPPING_HINT = "Map your columns with text_column=... label_column=..."
+_MAPPING_HINT = "Map your columns with text_column=... label_column=... (or the task's <role>_column=...)"
 _FIX_HINTS = {
     "malformed_csv": "A field that holds the delimiter, a double quote or a line break must be "
     'wrapped in double quotes, with quotes inside it doubled ("").',
@@ -36,6 +41,8 @@ _FIX_HINTS = {
     "a single JSON array is not JSON Lines.",
     "malformed_parquet": "Write the file again with pyarrow or pandas (DataFrame.to_parquet).",
     "not_utf8": "Save the file with UTF-8 encoding and upload it again.",
+    "malformed_conll": "Each line holds a token and its tag separated by a tab or spaces (the tag "
+    "last), with a blank line between sentences.",
 }
 
 Row = dict[str, Any]
@@ -72,49 +79,92 @@ def detect_format(filename: str | None, declared: str | None) -> str:
     if fmt is None:
         raise DataFileError(
             "unsupported_format",
-            f"{problem}; upload a .csv, .tsv, .jsonl or .parquet file, or declare the format "
+            f"{problem}; upload a .csv, .tsv, .jsonl, .parquet or .conll file, or declare the format "
             f"as one of {', '.join(FORMATS)}.",
             {"filename": filename, "format": declared, "supported": list(FORMATS)},
         )
     return fmt
 
 
-def ingest(
-    src: BinaryIO, *, fmt: str, dest: Path, text_column: str, label_column: str | None,
-    max_label_chars: int = 200,
-) -> IngestResult:
-    """Validate an upload row by row and write it to dest as canonical JSON Lines.
+class RowSchema(Protocol):
+    """What the rows of a dataset for one task must hold; checks a row, keeps count for the stats."""
 
-    Label values are stripped of surrounding whitespace; every other value is kept as is.
+    columns: dict[str, str]  # role -> column name, e.g. {"text": "review", "label": "sentiment"}
+
+    def check_first(self, first: Row) -> None:
+        """Refuse an upload whose first row lacks a mapped column."""
+
+    def check(self, raw: Row, row: int, line: int | None) -> dict[str, Any]:
+        """Return the row's checked values by column, or raise DataFileError naming the row."""
+
+    def summary(self) -> dict[str, Any]:
+        """Return the dataset's stats (label or tag counts, lengths)."""
+
+
+def ingest(
+    src: BinaryIO, *, fmt: str, dest: Path, schema: RowSchema | None = None,
+    text_column: str = "text", label_column: str | None = None,
+) -> IngestResult:
+    """Validate an upload row by row against `schema` and write it to dest as canonical JSON Lines.
+
+    Without a schema the rows are text with an optional label (`TextRows`).
     """
+    schema = schema or TextRows(text_column, label_column)
     reader = _HashingReader(src)
     rows = _open_rows(fmt, reader, src)
-    stats = _Stats(text_column, label_column)
     columns: dict[str, None] = {}
     count = 0
     with open(dest, "w", encoding="utf-8", newline="\n") as out:
         try:
             for count, (raw, line) in enumerate(rows, 1):
                 if count == 1:
-                    _check_columns(raw, text_column, label_column)
+                    schema.check_first(raw)
                 for key in raw:
                     columns.setdefault(key)
-                checked = {
-                    text_column: _row_text(raw, count, line, text_column, required=label_column is not None)
-                }
-                if label_column is not None:
-                    checked[label_column] = _row_label(
-                        raw, count, line, label_column, max_label_chars
-                    )
-                out.write(_canonical_line(raw, columns, checked))
-                stats.add(checked)
+                out.write(_canonical_line(raw, columns, schema.check(raw, count, line)))
         except _BadBytes as exc:
             line, offset = exc.args
             problem = f"Line {line} (near data row {count + 1}, byte {offset}) is not UTF-8."
             raise _malformed("not_utf8", problem, row=count + 1, line=line, byte_offset=offset)
     if count == 0:
         raise DataFileError("empty_file", "The file has no data rows; add at least one row.")
-    return IngestResult(count, reader.hexdigest(), list(columns), stats.summary())
+    return IngestResult(count, reader.hexdigest(), list(columns), schema.summary())
+
+
+class TextRows:
+    """Rows of text with an optional label: text classification, and unlabelled text to run models on."""
+
+    def __init__(self, text_column: str = "text", label_column: str | None = None, max_label_chars: int = 200):
+        self.columns = {"text": text_column} | ({"label": label_column} if label_column else {})
+        self._text, self._label, self._max_label_chars = text_column, label_column, max_label_chars
+        self._lengths: Counter[int] = Counter()
+        self._labels: Counter[str] | None = Counter() if label_column is not None else None
+
+    def check_first(self, first: Row) -> None:
+        check_columns(first, {"text_column": self._text, "label_column": self._label})
+
+    def check(self, raw: Row, row: int, line: int | None) -> dict[str, Any]:
+        text = row_text(raw, row, line, self._text, required=self._label is not None)
+        checked = {self._text: text}
+        self._lengths[len(text)] += 1
+        if self._label is not None:
+            label = _row_label(raw, row, line, self._label, self._max_label_chars)
+            checked[self._label] = label
+            self._labels[label] += 1
+        return checked
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._labels is not None:
+            out["label_distribution"] = ranked_counts(self._labels)
+        out["num_labels"] = len(self._labels or ())
+        out["text_length_chars"] = length_summary(self._lengths)
+        return out
+
+
+def ranked_counts(counts: Counter[str]) -> dict[str, int]:
+    """Return counts most frequent first (ties by name), as stored in a dataset's stats."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def iter_rows(path: Path, start: int = 0) -> Iterator[tuple[int, Row]]:
@@ -168,6 +218,8 @@ def _open_rows(fmt: str, reader: _HashingReader, src: BinaryIO) -> Iterator[tupl
         return _csv_rows(_text_lines(reader), delimiter="," if fmt == "csv" else "\t")
     if fmt == "jsonl":
         return _jsonl_rows(_text_lines(reader))
+    if fmt == "conll":
+        return _conll_rows(_text_lines(reader))
     return _parquet_rows(reader, src)
 
 
@@ -255,6 +307,35 @@ def _not_json(problem: str, row: int, line: int) -> DataFileError:
     return _malformed("malformed_json", f"Line {line} (row {row}) {problem}.", row=row, line=line)
 
 
+def _conll_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
+    """Yield each sentence of a CoNLL column file as {"tokens": [...], "tags": [...]}, with its first line.
+
+    The token is the first field of a line and the tag the last (CoNLL-2003's middle columns are
+    ignored); a blank or whitespace-only line ends a sentence; `-DOCSTART-` lines are skipped.
+    """
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            if tokens:
+                yield {"tokens": tokens, "tags": tags}, first
+            tokens, tags = [], []
+            continue
+        if fields[0] == CONLL_DOCSTART:
+            continue
+        if len(fields) < 2:
+            problem = f"Line {number} holds one field ({fields[0]!r}), not a token and its tag."
+            raise _malformed("malformed_conll", problem, line=number)
+        if not tokens:
+            first = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:
+        yield {"tokens": tokens, "tags": tags}, first
+
+
 def _parquet_rows(reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, None]]:
     """Yield each Parquet row as a dict of Python values, batch by batch."""
     import pyarrow
@@ -311,10 +392,10 @@ def _check_unique(names: list[str], code: str) -> None:
         )
 
 
-def _check_columns(first: Row, text_column: str, label_column: str | None) -> None:
-    """Refuse an upload whose first row lacks the mapped text or label column."""
+def check_columns(first: Row, mapping: dict[str, str | None]) -> None:
+    """Refuse an upload whose first row lacks a mapped column (mapping: form field -> column)."""
     available = list(first)
-    for role, name in (("text_column", text_column), ("label_column", label_column)):
+    for role, name in mapping.items():
         if name is not None and name not in first:
             raise DataFileError(
                 "missing_column",
@@ -324,7 +405,7 @@ def _check_columns(first: Row, text_column: str, label_column: str | None) -> No
             )
 
 
-def _cell_error(
+def cell_error(
     code: str, problem: str, row: int, line: int | None, column: str, **extra: Any
 ) -> DataFileError:
     """Build the error for one cell, naming its row (and line, where the file has lines)."""
@@ -335,7 +416,7 @@ def _cell_error(
     return DataFileError(code, f"{where}: column '{column}' {problem}", details)
 
 
-def _row_text(raw: Row, row: int, line: int | None, column: str, *, required: bool) -> str:
+def row_text(raw: Row, row: int, line: int | None, column: str, *, required: bool) -> str:
     """Return the row's text, refusing a structured value, and a blank one where `required`.
 
     Training data needs every text; a blank row in data to classify is kept and reported by the
@@ -344,13 +425,13 @@ def _row_text(raw: Row, row: int, line: int | None, column: str, *, required: bo
     value = raw.get(column)
     if isinstance(value, (list, tuple, dict)):
         problem = "holds a list or object; the text must be a single string."
-        raise _cell_error("bad_text", problem, row, line, column)
-    text = _to_text(value)
+        raise cell_error("bad_text", problem, row, line, column)
+    text = to_text(value)
     if (text is None or not text.strip()) and not required:
         return text or ""
     if text is None or not text.strip():
         problem = "is missing or blank; fill in the text or remove the row."
-        raise _cell_error("empty_text", problem, row, line, column)
+        raise cell_error("empty_text", problem, row, line, column)
     return text
 
 
@@ -359,21 +440,21 @@ def _row_label(raw: Row, row: int, line: int | None, column: str, max_chars: int
     value = raw.get(column)
     if isinstance(value, (list, tuple, dict)):
         problem = "holds a list or object; give one label per row, as a string or number."
-        raise _cell_error("bad_label", problem, row, line, column)
-    label = (_to_text(value) or "").strip()
+        raise cell_error("bad_label", problem, row, line, column)
+    label = (to_text(value) or "").strip()
     if not label:
         problem = "has no label; label every row, or upload without a label_column."
-        raise _cell_error("bad_label", problem, row, line, column)
+        raise cell_error("bad_label", problem, row, line, column)
     if len(label) > max_chars:
         problem = (
             f"holds a {len(label)}-character label; labels may have at most {max_chars} "
             f"characters. Is label_column pointing at the text? {_MAPPING_HINT}"
         )
-        raise _cell_error("bad_label", problem, row, line, column, max_chars=max_chars)
+        raise cell_error("bad_label", problem, row, line, column, max_chars=max_chars)
     return label
 
 
-def _to_text(value: Any) -> str | None:
+def to_text(value: Any) -> str | None:
     """Convert a source value to its canonical string; None stays None."""
     if value is None or isinstance(value, str):
         return value
@@ -391,36 +472,12 @@ def _canonical_line(raw: Row, columns: dict[str, None], checked: dict[str, str])
     """Return one canonical JSON line: every column seen so far, values as strings or null."""
     out: dict[str, str | None] = dict.fromkeys(columns)
     for key, value in raw.items():
-        out[key] = _to_text(value)
+        out[key] = to_text(value)
     out.update(checked)
     return json.dumps(out, ensure_ascii=False) + "\n"
 
 
-class _Stats:
-    """Accumulate label counts and a histogram of text lengths, row by row."""
-
-    def __init__(self, text_column: str, label_column: str | None) -> None:
-        self._text_column = text_column
-        self._label_column = label_column
-        self._lengths: Counter[int] = Counter()
-        self._labels: Counter[str] | None = Counter() if label_column is not None else None
-
-    def add(self, checked: dict[str, str]) -> None:
-        self._lengths[len(checked[self._text_column])] += 1
-        if self._labels is not None:
-            self._labels[checked[self._label_column]] += 1
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self._labels is not None:
-            ranked = sorted(self._labels.items(), key=lambda item: (-item[1], item[0]))
-            out["label_distribution"] = dict(ranked)
-        out["num_labels"] = len(self._labels or ())
-        out["text_length_chars"] = _length_summary(self._lengths)
-        return out
-
-
-def _length_summary(histogram: Counter[int]) -> dict[str, float | int]:
+def length_summary(histogram: Counter[int]) -> dict[str, float | int]:
     """Return min, nearest-rank percentiles, max and mean of a length histogram."""
     ordered = sorted(histogram.items())
     total = sum(histogram.values())

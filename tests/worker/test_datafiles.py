@@ -14,6 +14,7 @@ import pytest
 
 from worker.datafiles import (
     DataFileError,
+    TextRows,
     count_rows,
     detect_format,
     ingest,
@@ -348,7 +349,10 @@ def test_multi_valued_label_string_is_one_label(tmp_path):
 
 
 def test_label_length_limit_is_configurable(tmp_path):
-    error = refusal(tmp_path, b"text,label\nhi,abcdef\n", max_label_chars=5)
+    with pytest.raises(DataFileError) as info:
+        ingest(io.BytesIO(b"text,label\nhi,abcdef\n"), fmt="csv", dest=tmp_path / "out.jsonl",
+               schema=TextRows("text", "label", max_label_chars=5))
+    error = info.value
     assert error.code == "bad_label"
     assert error.details["max_chars"] == 5
 
