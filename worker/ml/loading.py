@@ -1,4 +1,4 @@
-"""Load sequence classifiers safely: standard architectures only, clear errors."""
+"""Load models for any task safely: standard architectures only, clear errors."""
 
 from __future__ import annotations
 
@@ -8,26 +8,35 @@ from pathlib import Path
 from worker.errors import PermanentJobError
 
 
-def load_classifier(model_ref: str, *, num_labels: int | None = None, label_names: list[str] | None = None):
-    """Load (model, tokenizer) for sequence classification, never running repository code."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_model(model_ref: str, model_class: str, what: str, *, label_names: list[str] | None = None):
+    """Load (model, tokenizer) with a transformers Auto class, never running repository code.
+
+    With `label_names`, the model gets a new head of that size (a checkpoint's head of another size
+    is replaced) and the names in its config.
+    """
+    import transformers
+    from transformers import AutoTokenizer
 
     _refuse_custom_code(model_ref)
     kwargs: dict = {"trust_remote_code": False}
     if label_names is not None:
-        num_labels = len(label_names)
-        kwargs["id2label"] = dict(enumerate(label_names))
-        kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
-    if num_labels is not None:
-        # A fine-tuned checkpoint may carry a head of another size; a new one replaces it.
-        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+        kwargs.update(
+            num_labels=len(label_names), ignore_mismatched_sizes=True,
+            id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_ref, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(model_ref, **kwargs)
+        model = getattr(transformers, model_class).from_pretrained(model_ref, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise PermanentJobError(_not_loadable_message(model_ref, exc)) from exc
+        raise PermanentJobError(_not_loadable_message(model_ref, what, exc)) from exc
     _ensure_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def load_classifier(model_ref: str, *, label_names: list[str] | None = None):
+    """Load (model, tokenizer) for sequence classification."""
+    return load_model(model_ref, "AutoModelForSequenceClassification", "a sequence classifier",
+                      label_names=label_names)
 
 
 def label_names_of(model) -> list[str]:
@@ -57,14 +66,14 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _not_loadable_message(model_ref: str, exc: Exception) -> str:
+def _not_loadable_message(model_ref: str, what: str, exc: Exception) -> str:
     if "trust_remote_code" in str(exc):
         return (
             f"model '{model_ref}' needs custom code, which is not run here: use a model with a "
             "standard transformers architecture"
         )
     if Path(model_ref).is_dir():
-        return f"model directory '{model_ref}' cannot be loaded as a sequence classifier: {exc}"
+        return f"model directory '{model_ref}' cannot be loaded as {what}: {exc}"
     return (
         f"model '{model_ref}' not found: give a registered model name, a local directory with "
         "config.json, or the hub id of a standard architecture available to this worker"

@@ -1,4 +1,7 @@
-"""Batch prediction with one loaded classifier: length-sorted batches under a token budget."""
+"""Batch prediction with one loaded model: length-sorted batches under a token budget.
+
+`map_batches` is the loop every task's predictor shares; `Predictor` is text classification's.
+"""
 
 from __future__ import annotations
 
@@ -76,37 +79,57 @@ def predict_probabilities(
     """Run `model` over `texts` in length-sorted, padding-light batches; return probabilities in order."""
     import torch
 
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+
+    def step(inputs, _batch):
+        return torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
+
+    rows = map_batches(model, tokenizer, encoded, step=step, batch_tokens=batch_tokens,
+                       max_batch_size=max_batch_size, on_batch=on_batch)
+    if not rows:
+        return torch.empty(0, model.config.num_labels, dtype=torch.float32)
+    return torch.stack(rows)
+
+
+def map_batches(model, tokenizer, encoded, *, step, batch_tokens: int, max_batch_size: int, on_batch=None) -> list:
+    """Apply `step(inputs, batch)` to length-sorted batches of tokenizer output; one result per example, in order.
+
+    `step` gets the padded tensors on the model's device and the example indices of the batch, and
+    returns one item per example (a sequence of len(batch)). On GPU out-of-memory a batch is split in
+    two and retried.
+    """
+    import torch
+
     if model.device.type == "cpu":
         batch_tokens = min(batch_tokens, CPU_MAX_BATCH_TOKENS)
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    keys = list(encoded.keys())
+    keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    probabilities = torch.empty(len(texts), model.config.num_labels, dtype=torch.float32)
+    results: list = [None] * len(lengths)
     done = 0
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_tokens=batch_tokens, max_batch_size=max_batch_size):
-            probabilities[batch] = _batch_probabilities(model, tokenizer, encoded, keys, batch)
+            for index, item in zip(batch, _run_batch(model, tokenizer, encoded, keys, batch, step)):
+                results[index] = item
             done += len(batch)
             if on_batch is not None:
-                on_batch(done, len(texts))
-    return probabilities
+                on_batch(done, len(lengths))
+    return results
 
 
-def _batch_probabilities(model, tokenizer, encoded, keys, batch: list[int]):
-    """Return one batch's probabilities; on GPU out-of-memory, split the batch in two and retry."""
+def _run_batch(model, tokenizer, encoded, keys, batch: list[int], step) -> list:
     import torch
 
     try:
         features = {key: [encoded[key][i] for i in batch] for key in keys}
         inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
-        return torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
+        return list(step(inputs, batch))
     except torch.cuda.OutOfMemoryError:
         if len(batch) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(batch) // 2
-        return torch.cat([_batch_probabilities(model, tokenizer, encoded, keys, part)
-                          for part in (batch[:half], batch[half:])])
+        return [item for part in (batch[:half], batch[half:])
+                for item in _run_batch(model, tokenizer, encoded, keys, part, step)]
 
 
 def length_batches(lengths: list[int], *, batch_tokens: int, max_batch_size: int) -> list[list[int]]:
