@@ -55,6 +55,11 @@ class Dataset(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    # The task whose labelled rows the dataset holds (None: plain text to run a model on), and its
+    # columns by role, e.g. {"tokens": "words", "tags": "ner"}. text_column and label_column name the
+    # input and the target role's column, for every task.
+    task: Mapped[str | None] = mapped_column(String(64))
+    column_map: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     text_column: Mapped[str] = mapped_column(String(200))
     label_column: Mapped[str | None] = mapped_column(String(200))
     columns: Mapped[list[str]] = mapped_column(JSONType, default=list)
@@ -66,6 +71,13 @@ class Dataset(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    @property
+    def columns_by_role(self) -> dict[str, str]:
+        """The dataset's columns by role; datasets from before roles were recorded have text and label."""
+        if self.column_map:
+            return dict(self.column_map)
+        return {"text": self.text_column} | ({"label": self.label_column} if self.label_column else {})
 
 
 class Job(Base):
