@@ -15,16 +15,21 @@ from api.schemas import DatasetList, DatasetListQuery, DatasetOut
 from db.errors import InvalidInput
 from db.models import Dataset
 from db.services.datasets import delete_dataset, get_dataset, list_datasets
-from worker.datafiles import DataFileError, detect_format, ingest
+from worker.datafiles import DataFileError, RowSchema, TextRows, detect_format, ingest
+from worker.ml.tasks import TASKS, get_task
 
 bp = Blueprint("datasets", __name__)
 
 UPLOAD_FIELDS = {
-    "file": "CSV, TSV, JSONL or Parquet file.",
+    "file": "CSV, TSV, JSONL, Parquet or CoNLL file.",
     "name": "Display name (default: the file name).",
+    "task": f"The task whose labelled data this is: {', '.join(TASKS)}. Omit for text to run a model on "
+            "(or for text classification, when label_column is given).",
     "text_column": "Column holding the text (default `text`).",
-    "label_column": "Column holding the label; omit for unlabelled data.",
-    "format": "csv | tsv | jsonl | parquet (default: from the file name).",
+    "label_column": "Column holding the label (text classification); omit for unlabelled data.",
+    "tokens_column": "token-classification: column holding each sentence's tokens (default `tokens`).",
+    "tags_column": "token-classification: column holding each token's BIO tag (default `tags`).",
+    "format": "csv | tsv | jsonl | parquet | conll (default: from the file name).",
 }
 COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
 
@@ -36,15 +41,35 @@ def upload_dataset():
     if upload is None:
         raise InvalidInput("send the file as multipart/form-data in a field named 'file'", code="file_missing")
     form = request.form
-    text_column = _form_value(form.get("text_column", "").strip() or "text", "text_column", COLUMN_NAME_MAX_CHARS)
-    label_column = _form_value(form.get("label_column", "").strip() or None, "label_column", COLUMN_NAME_MAX_CHARS)
     name = _form_value((form.get("name") or Path(upload.filename or "dataset").name)[:200], "name")
     try:
         fmt = detect_format(upload.filename, form.get("format") or None)
     except DataFileError as exc:
         raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
-    dataset = _store(upload, name=name, fmt=fmt, text_column=text_column, label_column=label_column)
+    task, schema = _row_schema(form)
+    dataset = _store(upload, name=name, fmt=fmt, task=task, schema=schema)
     return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json")), 201
+
+
+def _row_schema(form) -> tuple[str | None, RowSchema]:
+    """Return the upload's task (None for plain text) and the schema its rows must follow.
+
+    A task's columns come from `<role>_column` fields, defaulting to the role's usual name.
+    """
+    label_column = _column(form, "label_column", None)
+    task = form.get("task", "").strip() or ("text-classification" if label_column else None)
+    if task is None:
+        return None, TextRows(_column(form, "text_column", "text"), None)
+    if task not in TASKS:
+        raise InvalidInput(f"task {task!r} is not supported; use one of {', '.join(TASKS)}",
+                           code="unknown_task", details={"field": "task", "tasks": list(TASKS)})
+    module = get_task(task)
+    return task, module.row_schema({role: _column(form, f"{role}_column", default)
+                                    for role, default in module.ROLES.items()})
+
+
+def _column(form, field: str, default: str | None) -> str | None:
+    return _form_value(form.get(field, "").strip() or default, field, COLUMN_NAME_MAX_CHARS)
 
 
 def _form_value(value: str | None, field: str, max_chars: int | None = None) -> str | None:
@@ -69,14 +94,14 @@ def _check_storable(columns: list[str], labels: dict[str, int]) -> None:
                                code="bad_label", details={"label": label})
 
 
-def _store(upload, *, name: str, fmt: str, text_column: str, label_column: str | None) -> Dataset:
+def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema) -> Dataset:
     """Ingest to a temporary file, rename it, then commit the row; remove the file on any failure."""
     directory = Path(services().settings.data_dir).resolve() / "datasets"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{uuid.uuid4().hex}.jsonl"  # server-generated: the client's filename never reaches disk
     temporary = final.with_suffix(".part")
     try:
-        result = ingest(upload.stream, fmt=fmt, dest=temporary, text_column=text_column, label_column=label_column)
+        result = ingest(upload.stream, fmt=fmt, dest=temporary, schema=schema)
         _check_storable(result.columns, result.stats.get("label_distribution", {}))
         size = _size(upload.stream)
         os.replace(temporary, final)
@@ -86,8 +111,10 @@ def _store(upload, *, name: str, fmt: str, text_column: str, label_column: str |
         temporary.unlink(missing_ok=True)
     try:
         session = db_session()
+        roles = list(schema.columns.values())  # input role first, then the target role
         dataset = Dataset(
-            tenant_id=tenant_id(), name=name, format=fmt, text_column=text_column, label_column=label_column,
+            tenant_id=tenant_id(), name=name, format=fmt, task=task, column_map=schema.columns,
+            text_column=roles[0], label_column=roles[1] if len(roles) > 1 else None,
             columns=result.columns, row_count=result.row_count, size_bytes=size,
             sha256=result.sha256, path=str(final), stats=result.stats,
         )

@@ -19,13 +19,13 @@ from db.services.datasets import get_dataset
 from db.services.jobs import create_job, get_job, list_events, list_jobs, request_cancel
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
+from worker.ml.tasks import get_task
 from worker.outbox import relay_outbox
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
 IDEMPOTENCY_KEY_MAX = 200
-MIN_CLASSES = 2  # a classifier needs something to tell apart
 LABELS_NAMED = 10  # labels quoted in an error message; details carry them all
 
 
@@ -75,12 +75,19 @@ def _publish_now(job_id: int) -> None:
 
 def _check_references(session: Session, submission) -> list[tuple[int, str]]:
     """Refuse a job that names missing data or models, or that cannot succeed on its data."""
-    params, kind = submission.params, submission.kind
+    params, kind, task = submission.params, submission.kind, submission.task
     if kind == "finetune":
-        return _check_finetune(session, params)
+        return _check_finetune(session, params, task)
     artifact = _check_model(session, params.model, "params.model")
+    if artifact is not None and artifact.task != task:
+        raise InvalidInput(
+            f"params.model: model {artifact.name}:{artifact.version} is a {artifact.task} model; this job is "
+            f"{task}: submit it with task={artifact.task}, or use a {task} model",
+            code="wrong_task", details={"field": "params.model", "model_task": artifact.task, "task": task},
+        )
     if kind == "evaluate":
         dataset = _labelled(session, params.dataset_id, "params.dataset_id")
+        _check_task(dataset, task, "params.dataset_id")
         if artifact is not None and artifact.label_names:
             _check_model_knows_labels(dataset, artifact, "params.dataset_id")
         return [(dataset.id, "evaluate")]
@@ -94,19 +101,45 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
     return [(dataset.id, "input")]
 
 
-def _check_finetune(session: Session, params) -> list[tuple[int, str]]:
+def _check_finetune(session: Session, params, task: str) -> list[tuple[int, str]]:
     """Check a fine-tune's datasets and base model; return (dataset_id, role) pairs."""
-    train = _labelled(session, params.train_dataset_id, "params.train_dataset_id")
-    _check_classes(train, "params.train_dataset_id")
+    field = "params.train_dataset_id"
+    train = _labelled(session, params.train_dataset_id, field)
+    _check_task(train, task, field)
+    untrainable = get_task(task).check_trainable(train.stats)
+    if untrainable is not None:
+        role, column = _target(train)
+        raise InvalidInput(
+            f"{field}: dataset {train.id}'s {role} column '{column}' {untrainable.problem}",
+            code=untrainable.code, details={"field": field, "column": column, **untrainable.details},
+        )
     pairs = [(train.id, "train")]
     if params.validation_dataset_id is not None:
         validation = _labelled(session, params.validation_dataset_id, "params.validation_dataset_id")
+        _check_task(validation, task, "params.validation_dataset_id")
         _check_validation(train, validation, "params.validation_dataset_id")
         pairs.append((validation.id, "validation"))
     # No validation_fraction check: worker/ml/data.py's split keeps at least one row on each side
     # of any dataset of two rows or more, and a one-row dataset already fails the class check.
     _check_model(session, params.base_model, "params.base_model")
     return pairs
+
+
+def _check_task(dataset: Dataset, task: str, field: str) -> None:
+    """Refuse labelled data of another task than the job's."""
+    held = dataset.task or "text-classification"  # labelled data from before tasks were recorded
+    if held != task:
+        raise InvalidInput(
+            f"{field}: dataset {dataset.id} holds {held} data; this job is {task}: upload the data with "
+            f"task={task} (or submit the job with task={held})",
+            code="wrong_task", details={"field": field, "dataset_task": held, "task": task},
+        )
+
+
+def _target(dataset: Dataset) -> tuple[str, str]:
+    """Return the role and column of what a model learns to predict (the label, the tags ...)."""
+    role, column = list(dataset.columns_by_role.items())[-1]
+    return role, column
 
 
 def _dataset(session: Session, dataset_id: int, field: str) -> Dataset:
@@ -120,7 +153,8 @@ def _labelled(session: Session, dataset_id: int, field: str) -> Dataset:
     dataset = _dataset(session, dataset_id, field)
     if not dataset.label_column:
         raise InvalidInput(
-            f"{field}: dataset {dataset_id} has no label column; upload it again with label_column=...",
+            f"{field}: dataset {dataset_id} has no labels; upload it again with label_column=... (text "
+            "classification) or with task=... and the task's columns",
             code="dataset_unlabelled", details={"field": field},
         )
     if dataset.row_count == 0:
@@ -137,23 +171,9 @@ def _label_counts(dataset: Dataset) -> dict[str, int] | None:
     return counts if isinstance(counts, dict) else None
 
 
-def _check_classes(dataset: Dataset, field: str) -> None:
-    """Refuse training data whose label column holds fewer than two classes."""
-    counts = _label_counts(dataset)
-    if counts is None or len(counts) >= MIN_CLASSES:
-        return
-    named = f" ({_quoted(counts)})" if counts else ""
-    raise InvalidInput(
-        f"{field}: dataset {dataset.id}'s label column '{dataset.label_column}' has {_classes(len(counts))}"
-        f"{named}; a classifier needs at least two: upload data with examples of each class",
-        code="too_few_classes",
-        details={"field": field, "column": dataset.label_column, "class_count": len(counts), "classes": counts},
-    )
-
-
 def _check_validation(train: Dataset, validation: Dataset, field: str) -> None:
     """Refuse a validation dataset the worker cannot read with train's columns, or with unseen classes."""
-    for role, column in (("text", train.text_column), ("label", train.label_column)):
+    for role, column in train.columns_by_role.items():
         if column not in validation.columns:
             raise InvalidInput(
                 f"{field}: dataset {validation.id} has no column '{column}'; its columns are {validation.columns}. "

@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel
 
 from db.services.ids import MAX_ROW_ID
+from worker.ml.tasks import TASKS
 from worker.params import BatchInferenceParams, EvaluateParams, FinetuneParams
+
+Task = Literal[TASKS]  # type: ignore[valid-type]  # one name per module in worker/ml/tasks
 
 UtcDatetime = Annotated[
     datetime,
@@ -40,8 +43,10 @@ class DatasetOut(_Out):
     id: int
     name: str
     format: str
-    text_column: str
-    label_column: str | None
+    task: str | None = Field(description="The task whose labelled rows this holds; null for plain text.")
+    columns_by_role: dict[str, str] = Field(description='Columns by role, e.g. {"tokens": "words", "tags": "ner"}.')
+    text_column: str = Field(description="The column of the input role.")
+    label_column: str | None = Field(description="The column of the target role; null for plain text.")
     columns: list[str]
     row_count: int
     size_bytes: int
@@ -62,7 +67,7 @@ class DatasetListQuery(_In):
 
 # -- jobs --------------------------------------------------------------------------------------
 class _JobIn(_In):
-    task: Literal["text-classification"] = "text-classification"
+    task: Task = Field(default="text-classification", description="The NLP task of the job's model and data.")
     priority: int = Field(default=5, ge=0, le=9, description="0 (low) to 9 (high).")
     max_attempts: int | None = Field(default=None, ge=1, le=20, description="Default from settings.")
 

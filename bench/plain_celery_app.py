@@ -73,7 +73,7 @@ def _finetune(job: int, params: dict, train_path: str) -> None:
     area = WORK_DIR / f"job-{job}"
     get_task(TASK).finetune(
         FinetuneParams.model_validate({**params, "train_dataset_id": 0}), base_model=params["base_model"],
-        train_path=Path(train_path), validation_path=None, text_column="text", label_column="label",
+        train_path=Path(train_path), validation_path=None, columns={"text": "text", "label": "label"},
         output_dir=area / "model", checkpoint_dir=area / "checkpoints", hooks=NullHooks(),
     )
 
@@ -85,7 +85,7 @@ def _evaluate(model_dir: str, data_path: str) -> None:
 
     defaults = EvaluateParams(model=model_dir, dataset_id=0)
     get_task(TASK).evaluate(
-        model_dir, data_path=Path(data_path), text_column="text", label_column="label",
+        model_dir, data_path=Path(data_path), columns={"text": "text", "label": "label"},
         batch_size=defaults.batch_size, max_length=defaults.max_length, hooks=NullHooks(),
     )
 

@@ -41,7 +41,9 @@ def job_dir(context: JobContext, area: str) -> Path:
     return path
 
 
-HEADLINE_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "support")
+# The few numbers of each task's metrics shown on a job and a model (each task has some of them).
+HEADLINE_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted",
+                    "precision", "recall", "f1", "support")
 
 
 def headline_metrics(metrics: dict) -> dict:

@@ -29,8 +29,7 @@ def run(context: JobContext) -> Finalize:
     metrics = get_task(job.task).evaluate(
         model_path,
         data_path=Path(dataset.path),
-        text_column=dataset.text_column,
-        label_column=dataset.label_column,
+        columns=dataset.columns_by_role,
         batch_size=params.batch_size,
         max_length=params.max_length,
         precision=params.precision,

@@ -44,8 +44,7 @@ def run_finetune(params, train_path, tmp_path, hooks=None, validation_path=None)
         base_model=params.base_model,
         train_path=train_path,
         validation_path=validation_path,
-        text_column="text",
-        label_column="label",
+        columns={"text": "text", "label": "label"},
         output_dir=tmp_path / "model",
         checkpoint_dir=tmp_path / "checkpoints",
         hooks=hooks or NullHooks(),
@@ -207,7 +206,7 @@ def test_evaluate_returns_metrics_of_a_trained_model(trained_model, tmp_path, se
     hooks = NullHooks()
 
     metrics = tc.evaluate(
-        str(trained_model), data_path=data, text_column="text", label_column="label",
+        str(trained_model), data_path=data, columns={"text": "text", "label": "label"},
         batch_size=8, max_length=64, hooks=hooks,
     )
 
@@ -223,7 +222,7 @@ def test_evaluate_refuses_labels_the_model_does_not_know(trained_model, tmp_path
 
     with pytest.raises(PermanentJobError, match="'neutral'"):
         tc.evaluate(
-            str(trained_model), data_path=data, text_column="text", label_column="label",
+            str(trained_model), data_path=data, columns={"text": "text", "label": "label"},
             batch_size=8, max_length=64, hooks=NullHooks(),
         )
 

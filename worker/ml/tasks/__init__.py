@@ -1,19 +1,40 @@
-"""One module per NLP task, each with the same entry points (finetune, evaluate, Predictor).
+"""One module per NLP task, each with the same entry points.
 
-Modules are imported on first use; adding a task (token classification, seq2seq, QA, causal LM)
-is a new module plus one line in `TASK_MODULES`.
+Every task module defines:
+- `TASK`, its name; `ROLES`, the roles of its labelled data's columns with their default names (input
+  role first, target role second); `MODEL_CLASS`, the transformers Auto class of its models;
+- `row_schema(columns)`, the upload check of its rows (a `worker.datafiles.RowSchema`), and
+  `check_trainable(stats)`, an `Untrainable` saying why data with those upload stats cannot
+  train a model (or None);
+- `finetune(params, ...)`, `evaluate(model_dir, ...)` and `Predictor` (with `predict_chunk`) for
+  the three job kinds.
+
+Modules are imported on first use and import torch only inside functions, so the API can use their
+schemas; adding a task is a new module plus one line in `TASK_MODULES`.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from types import ModuleType
 
 from worker.errors import PermanentJobError
 
 TASK_MODULES = {
     "text-classification": "worker.ml.tasks.text_classification",
+    "token-classification": "worker.ml.tasks.token_classification",
 }
+TASKS = tuple(TASK_MODULES)
+
+
+@dataclass(frozen=True)
+class Untrainable:
+    """Why a dataset cannot train a task's model; `problem` completes "its <target> column '<name>' ..."."""
+
+    code: str
+    problem: str
+    details: dict = field(default_factory=dict)
 
 
 def get_task(name: str) -> ModuleType:

@@ -1,4 +1,4 @@
-"""Text classification: fine-tune, evaluate and batch-predict sequence classifiers.
+"""Text classification (sentiment, spam, topic): fine-tune, evaluate and batch-predict sequence classifiers.
 
 torch, transformers and datasets are imported inside functions so that importing this module
 stays cheap for processes that never run a model.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from worker.datafiles import TextRows
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, check_labels, read_labelled, split_examples
 from worker.ml.hooks import JobHooks
@@ -19,10 +20,37 @@ from worker.ml.predict import (
     length_batches,
     predict_probabilities,
 )
+from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
 from worker.params import FinetuneParams
 
 __all__ = ["Predictor", "evaluate", "finetune", "length_batches"]
+
+TASK = "text-classification"
+ROLES = {"text": "text", "label": "label"}  # role -> default column of labelled data
+MODEL_CLASS = "AutoModelForSequenceClassification"
+MIN_CLASSES = 2
+
+
+# ---- data: schema and validation ---------------------------------------------------------------
+
+
+def row_schema(columns: dict[str, str]) -> TextRows:
+    return TextRows(columns["text"], columns["label"])
+
+
+def check_trainable(stats: dict) -> Untrainable | None:
+    """Say why data with these upload stats cannot train a classifier, or None if it can."""
+    counts = (stats or {}).get("label_distribution")
+    if not isinstance(counts, dict) or len(counts) >= MIN_CLASSES:
+        return None
+    named = f" ({', '.join(map(repr, counts))})" if counts else ""
+    return Untrainable(
+        "too_few_classes",
+        f"has {len(counts)} class{'' if len(counts) == 1 else 'es'}{named}; a classifier needs at least two: "
+        "upload data with examples of each class",
+        {"class_count": len(counts), "classes": counts},
+    )
 
 
 # ---- fine-tuning ------------------------------------------------------------------------------
@@ -34,15 +62,14 @@ def finetune(
     base_model: str,
     train_path: Path,
     validation_path: Path | None,
-    text_column: str,
-    label_column: str,
+    columns: dict[str, str],
     output_dir: Path,
     checkpoint_dir: Path,
     hooks: JobHooks,
 ) -> dict:
     """Fine-tune `base_model` on labelled text, resuming from the newest complete checkpoint."""
     train, validation, label_names = _finetune_examples(
-        params, train_path, validation_path, text_column, label_column
+        params, train_path, validation_path, columns["text"], columns["label"]
     )
 
     def setup() -> TrainingSetup:
@@ -148,15 +175,14 @@ def evaluate(
     model_dir: str,
     *,
     data_path: Path,
-    text_column: str,
-    label_column: str,
+    columns: dict[str, str],
     batch_size: int,
     max_length: int,
     hooks: JobHooks,
     precision: str = "auto",
 ) -> dict:
     """Score a classifier on a labelled dataset; returns classification metrics plus "rows"."""
-    examples = read_labelled(data_path, text_column, label_column, "evaluation")
+    examples = read_labelled(data_path, columns["text"], columns["label"], "evaluation")
     predictor = Predictor(
         model_dir, max_length=max_length, batch_tokens=batch_size * max_length, max_batch_size=batch_size,
         precision=precision,

@@ -24,6 +24,7 @@ from worker.ml.device import pick_device, resolve_inference_precision, torch_dty
 from worker.ml.hooks import JobHooks
 from worker.ml.loading import label_names_of, load_model
 from worker.ml.predict import effective_max_length, map_batches
+from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
 from worker.params import FinetuneParams
 
@@ -83,11 +84,15 @@ def row_schema(columns: dict[str, str]) -> TokenTagRows:
     return TokenTagRows(columns["tokens"], columns["tags"])
 
 
-def check_trainable(stats: dict) -> str | None:
+def check_trainable(stats: dict) -> Untrainable | None:
     """Say why data with these upload stats cannot train a tagger, or None if it can."""
-    if not (stats or {}).get("entity_counts", {"?": 1}):
-        return "has no entity: every tag is O; tag the entities (B-TYPE, I-TYPE) in at least some sentences"
-    return None
+    entities = (stats or {}).get("entity_counts")
+    if entities is None or entities:
+        return None
+    return Untrainable(
+        "no_entities", "has no entity: every tag is O; tag the entities (B-TYPE, I-TYPE) in at least "
+        "some sentences", {"tags": (stats or {}).get("label_distribution", {})},
+    )
 
 
 def _word_list(value, row: int, line: int | None, column: str, what: str) -> list[str]:
