@@ -41,10 +41,14 @@ class Client:
             raise ApiError(response.status_code, body)
         return response.json() if response.content else None
 
-    def upload_dataset(self, path: Path, *, text_column: str, label_column: str | None = None,
-                       name: str | None = None, fmt: str | None = None) -> dict:
-        """Upload a dataset file."""
-        form = {"text_column": text_column, "label_column": label_column or "", "name": name or path.name}
+    def upload_dataset(self, path: Path, *, task: str | None = None, text_column: str = "text",
+                       label_column: str | None = None, name: str | None = None, fmt: str | None = None,
+                       **role_columns: str) -> dict:
+        """Upload a dataset file; a task's other columns go by role, e.g. tokens_column="words"."""
+        form = {"text_column": text_column, "label_column": label_column or "", "name": name or path.name,
+                **role_columns}
+        if task:
+            form["task"] = task
         if fmt:
             form["format"] = fmt
         with open(path, "rb") as handle:

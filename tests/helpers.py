@@ -26,6 +26,43 @@ def write_reviews(path: Path, rows: int, *, seed: int, labelled: bool = True, bl
     return path
 
 
+NER_PEOPLE = "alice bob carol dave erin frank".split()
+NER_PLACES = ["paris", "london", "berlin", "rome", "madrid", "oslo", "new york", "san diego"]
+NER_TEMPLATES = [
+    "{per} visited {loc} today", "{per} and {per} met in {loc}", "yesterday {per} flew from {loc} to {loc}",
+    "the weather in {loc} was fine", "{per} met {per} yesterday", "today {per} flew to {loc}",
+]
+
+
+def ner_sentences(rows: int, *, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Return synthetic (tokens, BIO tags) sentences with PER and LOC entities, some of two words."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(rows):
+        tokens, tags = [], []
+        for part in rng.choice(NER_TEMPLATES).split():
+            if part in ("{per}", "{loc}"):
+                kind, words = ("PER", [rng.choice(NER_PEOPLE)]) if part == "{per}" else ("LOC", rng.choice(NER_PLACES).split())
+                tokens += words
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+            else:
+                tokens.append(part)
+                tags.append("O")
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def write_conll(path: Path, sentences, *, docstart: bool = True) -> Path:
+    """Write sentences as a CoNLL column file: `token<TAB>tag`, a blank line between sentences."""
+    with open(path, "w") as out:
+        if docstart:
+            out.write("-DOCSTART-\tO\n\n")
+        for tokens, tags in sentences:
+            out.writelines(f"{token}\t{tag}\n" for token, tag in zip(tokens, tags))
+            out.write("\n")
+    return path
+
+
 def wait_until(predicate, *, timeout: float, message: str, interval: float = 0.2):
     """Poll `predicate` until it returns something truthy; fail saying what never happened."""
     deadline = time.monotonic() + timeout

@@ -19,13 +19,19 @@ MAX_POSITIONS = 128
 VOCAB_SIZE_LIMIT = 300
 
 
-def build_tiny_classifier(path: Path) -> Path:
+NER_SENTENCES = [
+    "alice bob carol dave erin frank met in paris london berlin rome madrid oslo",
+    "new york san diego visited flew from to today yesterday the weather was and",
+]
+
+
+def build_tiny_classifier(path: Path, corpus: list[str] = SENTENCES, vocab_size: int = VOCAB_SIZE_LIMIT) -> Path:
     """Save a tiny BERT classifier (2 labels) and its freshly trained tokenizer under `path`."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
+    tokenizer = _build_tokenizer(corpus, vocab_size)
     tokenizer.save_pretrained(path)
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -42,11 +48,16 @@ def build_tiny_classifier(path: Path) -> Path:
     return path
 
 
-def _build_tokenizer():
+def build_tiny_tagger_base(path: Path) -> Path:
+    """A tiny BERT whose tokenizer also knows the words of the synthetic NER sentences (a base to tag with)."""
+    return build_tiny_classifier(path, SENTENCES + NER_SENTENCES, vocab_size=500)
+
+
+def _build_tokenizer(corpus: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.WordPiece(vocab=_trained_vocab(), unk_token="[UNK]"))
+    backend = Tokenizer(models.WordPiece(vocab=_trained_vocab(corpus, vocab_size), unk_token="[UNK]"))
     backend.normalizer, backend.pre_tokenizer = _normalizer(), _pre_tokenizer()
     backend.decoder = decoders.WordPiece()
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
@@ -66,8 +77,8 @@ def _build_tokenizer():
     )
 
 
-def _trained_vocab() -> dict[str, int]:
-    """Train WordPiece on SENTENCES, then give tokens stable ids.
+def _trained_vocab(corpus: list[str], vocab_size: int) -> dict[str, int]:
+    """Train WordPiece on the corpus, then give tokens stable ids.
 
     The trainer breaks ties between equally frequent merges in hash order, so ids (and a few
     intermediate pieces) change from run to run. Training until every word is whole and numbering
@@ -79,15 +90,15 @@ def _trained_vocab() -> dict[str, int]:
     trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     trained.normalizer, trained.pre_tokenizer = _normalizer(), _pre_tokenizer()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=VOCAB_SIZE_LIMIT,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"),
         show_progress=False,
     )
-    trained.train_from_iterator(SENTENCES, trainer=trainer)
+    trained.train_from_iterator(corpus, trainer=trainer)
     words = {
         word
-        for sentence in SENTENCES
+        for sentence in corpus
         for word, _ in _pre_tokenizer().pre_tokenize_str(_normalizer().normalize_str(sentence))
     }
 
