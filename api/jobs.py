@@ -108,7 +108,8 @@ def _check_finetune(session: Session, params, task: str) -> list[tuple[int, str]
     _check_task(train, task, field)
     untrainable = get_task(task).check_trainable(train.stats)
     if untrainable is not None:
-        role, column = _target(train)
+        role = list(get_task(task).ROLES)[-1]  # the target: what the model learns to predict
+        column = train.columns_by_role[role]
         raise InvalidInput(
             f"{field}: dataset {train.id}'s {role} column '{column}' {untrainable.problem}",
             code=untrainable.code, details={"field": field, "column": column, **untrainable.details},
@@ -134,12 +135,6 @@ def _check_task(dataset: Dataset, task: str, field: str) -> None:
             f"task={task} (or submit the job with task={held})",
             code="wrong_task", details={"field": field, "dataset_task": held, "task": task},
         )
-
-
-def _target(dataset: Dataset) -> tuple[str, str]:
-    """Return the role and column of what a model learns to predict (the label, the tags ...)."""
-    role, column = list(dataset.columns_by_role.items())[-1]
-    return role, column
 
 
 def _dataset(session: Session, dataset_id: int, field: str) -> Dataset:

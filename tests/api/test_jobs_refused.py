@@ -111,3 +111,21 @@ def test_dataset_without_rows_is_422(app, client, auth, tiny_model, make_body, f
 
     assert_error(response, 422, "dataset_empty", field, f"dataset {empty_id} has no rows")
     _no_job_was_created(app)
+
+
+def test_a_tagger_on_sentences_without_entities_is_422(app, client, auth, tiny_model):
+    response = upload(client, auth, b"the\tO\nend\tO\n\nnothing\tO\n", "plain.conll", task="token-classification")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    dataset = response.get_json()
+    body = finetune_body(dataset["id"], tiny_model) | {"task": "token-classification"}
+    error = assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "no_entities",
+                         f"dataset {dataset['id']}'s tags column 'tags' has no entity", "every tag is O")
+    assert error["details"] == {"field": "params.train_dataset_id", "column": "tags", "tags": {"O": 3}}
+    _no_job_was_created(app)
+
+
+def test_a_tagger_on_classification_data_is_422_naming_both_tasks(app, client, auth, labelled, tiny_model):
+    body = finetune_body(labelled["id"], tiny_model) | {"task": "token-classification"}
+    assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "wrong_task",
+                 "holds text-classification data; this job is token-classification", "task=token-classification")
+    _no_job_was_created(app)

@@ -25,6 +25,7 @@ def _jsonl(*rows: dict) -> bytes:
 
 
 LABELLED = {"label_column": "label"}
+NER = {"task": "token-classification"}
 
 # (id, filename, content, form fields, code, what the message must name)
 REJECTED = [
@@ -67,6 +68,16 @@ REJECTED = [
     ("nul-in-name", "d.csv", b"text\nhello\n", {"name": "a\x00b"}, "invalid_input", ["name", "NUL"]),
     ("overlong-text-column", "d.csv", b"text\nhello\n", {"text_column": "t" * 201}, "invalid_input",
      ["text_column", "200"]),
+    ("unknown-task", "d.csv", b"text\nhello\n", {"task": "poetry"}, "unknown_task", ["'poetry'", "token-classification"]),
+    ("conll-i-after-o", "d.conll", b"Alice\tB-PER\n\nin\tO\nYork\tI-LOC\n", NER, "bad_tag",
+     ["Row 2 (line 3)", "'I-LOC'", "token 2 ('York')", "B-LOC"]),
+    ("conll-no-tag", "d.conll", b"Alice\tB-PER\nvisited\n", NER, "malformed_conll", ["Line 2", "tab or spaces"]),
+    ("conll-not-a-tag", "d.conll", b"Alice\tPERSON\n", NER, "bad_tag", ["Row 1", "'PERSON'", "B-TYPE"]),
+    ("ner-count-mismatch", "d.jsonl", _jsonl({"tokens": ["a", "b"], "tags": ["O"]}), NER, "tag_count_mismatch",
+     ["Row 1", "1 tags for 2 tokens"]),
+    ("ner-misnamed-tags", "d.jsonl", _jsonl({"tokens": ["a"], "ner": ["O"]}), NER, "missing_column",
+     ["'tags'", "tags_column", "tokens, ner"]),
+    ("ner-nul-in-tag", "d.jsonl", _jsonl({"tokens": ["a"], "tags": ["B-P\u0000R"]}), NER, "bad_label", ["NUL"]),
 ]
 
 
