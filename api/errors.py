@@ -8,7 +8,9 @@ from flask import Flask, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.schemas import JOB_KINDS
 from db.errors import ServiceError
+from worker.ml.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,10 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(500, "internal_error", "the server failed; the error was logged")
 
 
-JOB_KINDS = ("finetune", "evaluate", "batch_inference")
-
-
 def _field(err) -> str:
     """Name the field of a validation error; a bad or missing union tag names the tag field."""
     loc = [str(part) for part in err["loc"]]
-    if loc and loc[0] in JOB_KINDS:  # the union's tag adds nothing the user wrote
+    while loc and (loc[0] in JOB_KINDS or loc[0] in TASKS):  # the unions' tags add nothing the user wrote
         loc = loc[1:]
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc.append(err["ctx"]["discriminator"].strip("'"))

@@ -124,4 +124,21 @@ def _component_schemas(models: set[type[BaseModel]]) -> dict[str, Any]:
     models = models | {ErrorBody}
     pairs = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
     _, top = models_json_schema(pairs, ref_template="#/components/schemas/{model}")
-    return top.get("$defs", {})
+    return _valid_discriminators(top.get("$defs", {}))
+
+
+def _valid_discriminators(node: Any) -> Any:
+    """Drop discriminator objects whose mapping is not names to references.
+
+    Pydantic maps an outer tag (`kind`) to the inner union of its tasks, which OpenAPI does not
+    allow; the `oneOf` beside it still says what is accepted.
+    """
+    if isinstance(node, list):
+        return [_valid_discriminators(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _valid_discriminators(value) for key, value in node.items()}
+    mapping = out.get("discriminator", {}).get("mapping", {}) if isinstance(out.get("discriminator"), dict) else {}
+    if any(not isinstance(target, str) for target in mapping.values()):
+        del out["discriminator"]
+    return out

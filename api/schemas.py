@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel, create_model, model_validator
 
 from db.services.ids import MAX_ROW_ID
-from worker.ml.tasks import TASKS
-from worker.params import BatchInferenceParams, EvaluateParams, FinetuneParams
+from worker.ml.tasks import TASKS, params_model
 
-Task = Literal[TASKS]  # type: ignore[valid-type]  # one name per module in worker/ml/tasks
 
 UtcDatetime = Annotated[
     datetime,
@@ -67,28 +65,46 @@ class DatasetListQuery(_In):
 
 # -- jobs --------------------------------------------------------------------------------------
 class _JobIn(_In):
-    task: Task = Field(default="text-classification", description="The NLP task of the job's model and data.")
     priority: int = Field(default=5, ge=0, le=9, description="0 (low) to 9 (high).")
     max_attempts: int | None = Field(default=None, ge=1, le=20, description="Default from settings.")
 
 
-class FinetuneJobIn(_JobIn):
-    kind: Literal["finetune"]
-    params: FinetuneParams
+DEFAULT_TASK = "text-classification"
 
 
-class EvaluateJobIn(_JobIn):
-    kind: Literal["evaluate"]
-    params: EvaluateParams
+def _title(name: str) -> str:
+    return "".join(part.title() for part in name.replace("-", "_").split("_"))
 
 
-class BatchInferenceJobIn(_JobIn):
-    kind: Literal["batch_inference"]
-    params: BatchInferenceParams
+def _job_in(kind: str, task: str) -> type[_JobIn]:
+    """The submission of one kind of job for one task, with that task's parameters."""
+    task_field = (Literal[task], Field(default=task) if task == DEFAULT_TASK else ...)
+    return create_model(
+        f"{_title(kind)}{_title(task)}JobIn", __base__=_JobIn, __module__=__name__,
+        __doc__=f"A {kind} job for {task}.",
+        kind=(Literal[kind], ...), task=task_field, params=(params_model(task, kind), ...),
+    )
 
 
-class JobIn(RootModel[Annotated[FinetuneJobIn | EvaluateJobIn | BatchInferenceJobIn, Field(discriminator="kind")]]):
-    """A job submission: `kind` selects the schema of `params`."""
+def _kind_union(kind: str):
+    """The submissions of one kind, told apart by `task`."""
+    members = tuple(_job_in(kind, task) for task in TASKS)
+    return Annotated[Union[members], Field(discriminator="task")]  # noqa: UP007 (a runtime tuple)
+
+
+JOB_KINDS = ("finetune", "evaluate", "batch_inference")
+
+
+class JobIn(RootModel[Annotated[Union[tuple(_kind_union(kind) for kind in JOB_KINDS)],  # noqa: UP007
+                                Field(discriminator="kind")]]):
+    """A job submission: `kind` and `task` (default text-classification) select the schema of `params`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "task" not in data:
+            return {**data, "task": DEFAULT_TASK}
+        return data
 
 
 class Progress(BaseModel):

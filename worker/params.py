@@ -100,9 +100,53 @@ class BatchInferenceParams(_Params):
     )
 
 
-PARAMS_BY_KIND: dict[str, type[_Params]] = {
+SHARED_PARAMS: dict[str, type[_Params]] = {
     "finetune": FinetuneParams,
     "evaluate": EvaluateParams,
     "batch_inference": BatchInferenceParams,
+}
+
+
+class GenerationOptions(_Params):
+    """How text is generated (translation, summarization, causal-LM continuation)."""
+
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Tokens generated at most per row.")
+    num_beams: int = Field(default=1, ge=1, le=16, description="Beam search width; 1 is greedy (or sampling).")
+    length_penalty: float = Field(default=1.0, ge=-5.0, le=5.0, description="Beam search: >1 favours longer outputs.")
+    do_sample: bool = Field(default=False, description="Sample instead of picking the likeliest token.")
+    temperature: float = Field(default=1.0, gt=0.0, le=5.0, description="Sampling temperature.")
+    top_k: int = Field(default=50, ge=0, le=1000, description="Sampling: keep the k likeliest tokens (0: all).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Sampling: nucleus probability mass.")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=8, description="Cut each output at the first of these strings.",
+    )
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed of sampling, for repeatable runs.")
+
+
+class GenerationFinetuneParams(FinetuneParams):
+    """A fine-tune of a model that generates text; its validation split is scored on generated text."""
+
+    max_target_length: int = Field(default=128, ge=4, le=8192, description="Tokens of a target kept for training.")
+    generation: GenerationOptions = Field(default_factory=GenerationOptions,
+                                          description="How validation outputs are generated for the metrics.")
+
+
+class GenerationEvaluateParams(EvaluateParams):
+    """Evaluate a generating model on references."""
+
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)
+
+
+class GenerationBatchParams(BatchInferenceParams):
+    """Generate text for every row of a dataset into a JSONL output file."""
+
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)
+
+
+GENERATION_PARAMS: dict[str, type[_Params]] = {
+    "finetune": GenerationFinetuneParams,
+    "evaluate": GenerationEvaluateParams,
+    "batch_inference": GenerationBatchParams,
 }
 

@@ -10,15 +10,14 @@ from db.services.registry import record_evaluation
 from worker.errors import PermanentJobError
 from worker.jobs.common import headline_metrics, load_dataset_row, resolve_model_path
 from worker.lifecycle import Finalize, JobContext
-from worker.params import EvaluateParams
 
 
 def run(context: JobContext) -> Finalize:
     """Score the model on the dataset and return the step that stores the evaluation."""
-    from worker.ml.tasks import get_task
+    from worker.ml.tasks import get_task, params_model
 
     job = context.job
-    params = EvaluateParams.model_validate(job.params)
+    params = params_model(job.task, "evaluate").model_validate(job.params)
     dataset = load_dataset_row(context, params.dataset_id)
     if not dataset.label_column:
         raise PermanentJobError(

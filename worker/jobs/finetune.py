@@ -9,15 +9,14 @@ from sqlalchemy.orm import Session
 from db.services.registry import record_evaluation, register_model
 from worker.jobs.common import headline_metrics, job_dir, load_dataset_row, resolve_model_path
 from worker.lifecycle import Finalize, JobContext
-from worker.params import FinetuneParams
 
 
 def run(context: JobContext) -> Finalize:
     """Train the job's model and return the step that registers it."""
-    from worker.ml.tasks import get_task
+    from worker.ml.tasks import get_task, params_model
 
     job = context.job
-    params = FinetuneParams.model_validate(job.params)
+    params = params_model(job.task, "finetune").model_validate(job.params)
     train = load_dataset_row(context, params.train_dataset_id)
     validation = (
         load_dataset_row(context, params.validation_dataset_id) if params.validation_dataset_id else None

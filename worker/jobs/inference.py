@@ -21,14 +21,13 @@ from worker.datafiles import iter_rows
 from worker.errors import JobInterrupted, PermanentJobError
 from worker.jobs.common import job_dir, load_dataset_row, resolve_model_path
 from worker.lifecycle import Finalize, JobContext
-from worker.params import BatchInferenceParams
 
 
 def run(context: JobContext) -> Finalize:
     """Predict every row not yet done, then assemble the output files."""
-    from worker.ml.tasks import get_task
+    from worker.ml.tasks import get_task, params_model
 
-    params = BatchInferenceParams.model_validate(context.job.params)
+    params = params_model(context.job.task, "batch_inference").model_validate(context.job.params)
     dataset = load_dataset_row(context, params.dataset_id)
     text_column = params.text_column or dataset.text_column
     if text_column not in dataset.columns:

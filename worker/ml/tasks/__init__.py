@@ -3,6 +3,7 @@
 Every task module defines:
 - `TASK`, its name; `ROLES`, the roles of its labelled data's columns with their default names (input
   role first, target role second); `MODEL_CLASS`, the transformers Auto class of its models;
+  `PARAMS`, the parameters' pydantic model of each job kind (finetune, evaluate, batch_inference);
 - `row_schema(columns)`, the upload check of its rows (a `worker.datafiles.RowSchema`), and
   `check_trainable(stats)`, an `Untrainable` saying why data with those upload stats cannot
   train a model (or None);
@@ -35,6 +36,11 @@ class Untrainable:
     code: str
     problem: str
     details: dict = field(default_factory=dict)
+
+
+def params_model(task: str, kind: str):
+    """Return the pydantic model of a `kind` job's parameters for `task`."""
+    return get_task(task).PARAMS[kind]
 
 
 def get_task(name: str) -> ModuleType:

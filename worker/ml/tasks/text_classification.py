@@ -22,12 +22,13 @@ from worker.ml.predict import (
 )
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import FinetuneParams
+from worker.params import SHARED_PARAMS, FinetuneParams
 
 __all__ = ["Predictor", "evaluate", "finetune", "length_batches"]
 
 TASK = "text-classification"
 ROLES = {"text": "text", "label": "label"}  # role -> default column of labelled data
+PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForSequenceClassification"
 MIN_CLASSES = 2
 

@@ -26,10 +26,11 @@ from worker.ml.loading import label_names_of, load_model
 from worker.ml.predict import effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import FinetuneParams
+from worker.params import SHARED_PARAMS, FinetuneParams
 
 TASK = "token-classification"
 ROLES = {"tokens": "tokens", "tags": "tags"}  # role -> default column of labelled data
+PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForTokenClassification"
 OUTSIDE = "O"
 TAG_PATTERN = re.compile(r"^(?:O|([BI])-(\S+))$")
