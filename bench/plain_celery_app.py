@@ -83,10 +83,9 @@ def _evaluate(model_dir: str, data_path: str) -> None:
     from worker.ml.tasks import get_task
     from worker.params import EvaluateParams
 
-    defaults = EvaluateParams(model=model_dir, dataset_id=0)
     get_task(TASK).evaluate(
         model_dir, data_path=Path(data_path), columns={"text": "text", "label": "label"},
-        batch_size=defaults.batch_size, max_length=defaults.max_length, hooks=NullHooks(),
+        params=EvaluateParams(model=model_dir, dataset_id=0), hooks=NullHooks(),
     )
 
 
@@ -98,8 +97,7 @@ def _batch_inference(job: int, model_dir: str, data_path: str, chunk_rows: int) 
     from worker.params import BatchInferenceParams
 
     p = BatchInferenceParams(model=model_dir, dataset_id=0, chunk_rows=chunk_rows)
-    predictor = get_task(TASK).Predictor(model_dir, max_length=p.max_length, batch_tokens=p.batch_tokens,
-                                         max_batch_size=p.max_batch_size, precision=p.precision)
+    predictor = get_task(TASK).Predictor.for_job(model_dir, p)
     output = WORK_DIR / f"job-{job}" / "predictions.jsonl"
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = iter_rows(Path(data_path))

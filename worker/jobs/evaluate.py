@@ -29,9 +29,7 @@ def run(context: JobContext) -> Finalize:
         model_path,
         data_path=Path(dataset.path),
         columns=dataset.columns_by_role,
-        batch_size=params.batch_size,
-        max_length=params.max_length,
-        precision=params.precision,
+        params=params,
         hooks=context,
     )
 

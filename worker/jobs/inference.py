@@ -41,10 +41,7 @@ def run(context: JobContext) -> Finalize:
     done = _done_chunks(context)
     total = dataset.row_count
     context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
-    predictor = get_task(context.job.task).Predictor(
-        model_path, max_length=params.max_length, batch_tokens=params.batch_tokens,
-        max_batch_size=params.max_batch_size, precision=params.precision,
-    )
+    predictor = get_task(context.job.task).Predictor.for_job(model_path, params)
     rows = iter_rows(Path(dataset.path))
     for index, chunk in enumerate(_chunks(rows, params.chunk_rows)):
         if index in done:

@@ -47,6 +47,12 @@ class Predictor:
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
 
+    @classmethod
+    def for_job(cls, model_dir: str, params) -> Predictor:
+        """Build the predictor a batch-inference job's parameters ask for."""
+        return cls(model_dir, max_length=params.max_length, batch_tokens=params.batch_tokens,
+                   max_batch_size=params.max_batch_size, precision=params.precision)
+
     def predict_probabilities(self, texts: list[str], *, on_batch=None):
         """Return a (len(texts), num_labels) float tensor of class probabilities, in input order."""
         return predict_probabilities(

@@ -8,7 +8,7 @@ from worker.ml.hooks import NullHooks
 from worker.ml.loading import load_classifier
 from worker.ml.tasks import get_task
 from worker.ml.tasks import text_classification as tc
-from worker.params import FinetuneParams
+from worker.params import EvaluateParams, FinetuneParams
 
 METRIC_KEYS = {
     "accuracy",
@@ -207,7 +207,7 @@ def test_evaluate_returns_metrics_of_a_trained_model(trained_model, tmp_path, se
 
     metrics = tc.evaluate(
         str(trained_model), data_path=data, columns={"text": "text", "label": "label"},
-        batch_size=8, max_length=64, hooks=hooks,
+        params=EvaluateParams(model="m", dataset_id=1, batch_size=8, max_length=64), hooks=hooks,
     )
 
     assert set(metrics) == METRIC_KEYS | {"rows", "dtype"}
@@ -223,7 +223,7 @@ def test_evaluate_refuses_labels_the_model_does_not_know(trained_model, tmp_path
     with pytest.raises(PermanentJobError, match="'neutral'"):
         tc.evaluate(
             str(trained_model), data_path=data, columns={"text": "text", "label": "label"},
-            batch_size=8, max_length=64, hooks=NullHooks(),
+            params=EvaluateParams(model="m", dataset_id=1, batch_size=8, max_length=64), hooks=NullHooks(),
         )
 
 

@@ -12,7 +12,7 @@ from tests.tiny_models import build_tiny_tagger_base
 from worker.errors import JobInterrupted
 from worker.ml.hooks import NullHooks
 from worker.ml.tasks import token_classification as ner
-from worker.params import FinetuneParams
+from worker.params import EvaluateParams, FinetuneParams
 
 COLUMNS = {"tokens": "tokens", "tags": "tags"}
 
@@ -73,7 +73,8 @@ def test_finetune_learns_the_entities_and_reports_seqeval_metrics(trained):
 def test_evaluate_scores_a_saved_tagger_on_new_sentences(trained, tmp_path):
     model, _outcome = trained
     metrics = ner.evaluate(str(model), data_path=write_tagged(tmp_path / "eval.jsonl", 50, seed=9), columns=COLUMNS,
-                           batch_size=16, max_length=32, hooks=NullHooks())
+                           params=EvaluateParams(model="m", dataset_id=1, batch_size=16, max_length=32),
+                           hooks=NullHooks())
     assert metrics["rows"] == 50 and metrics["f1"] >= 0.9, metrics
 
 

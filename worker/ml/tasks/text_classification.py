@@ -22,7 +22,7 @@ from worker.ml.predict import (
 )
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import SHARED_PARAMS, FinetuneParams
+from worker.params import SHARED_PARAMS, EvaluateParams, FinetuneParams
 
 __all__ = ["Predictor", "evaluate", "finetune", "length_batches"]
 
@@ -177,16 +177,14 @@ def evaluate(
     *,
     data_path: Path,
     columns: dict[str, str],
-    batch_size: int,
-    max_length: int,
+    params: EvaluateParams,
     hooks: JobHooks,
-    precision: str = "auto",
 ) -> dict:
     """Score a classifier on a labelled dataset; returns classification metrics plus "rows"."""
     examples = read_labelled(data_path, columns["text"], columns["label"], "evaluation")
     predictor = Predictor(
-        model_dir, max_length=max_length, batch_tokens=batch_size * max_length, max_batch_size=batch_size,
-        precision=precision,
+        model_dir, max_length=params.max_length, batch_tokens=params.batch_size * params.max_length,
+        max_batch_size=params.batch_size, precision=params.precision,
     )
     unknown_message = f"the dataset has labels that model '{model_dir}' does not know"
     check_labels(predictor.label_names, examples.labels, unknown_message)

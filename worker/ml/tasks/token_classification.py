@@ -26,7 +26,7 @@ from worker.ml.loading import label_names_of, load_model
 from worker.ml.predict import effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import SHARED_PARAMS, FinetuneParams
+from worker.params import SHARED_PARAMS, BatchInferenceParams, EvaluateParams, FinetuneParams
 
 TASK = "token-classification"
 ROLES = {"tokens": "tokens", "tags": "tags"}  # role -> default column of labelled data
@@ -318,15 +318,13 @@ def evaluate(
     *,
     data_path: Path,
     columns: dict[str, str],
-    batch_size: int,
-    max_length: int,
+    params: EvaluateParams,
     hooks: JobHooks,
-    precision: str = "auto",
 ) -> dict:
     """Score a token classifier on tagged sentences: entity-level metrics plus "rows"."""
     examples = _read_tagged(data_path, columns, "evaluation")
-    tagger = Predictor(model_dir, max_length=max_length, batch_tokens=batch_size * max_length,
-                       max_batch_size=batch_size, precision=precision)
+    tagger = Predictor(model_dir, max_length=params.max_length, batch_tokens=params.batch_size * params.max_length,
+                       max_batch_size=params.batch_size, precision=params.precision)
     check_labels(tagger.label_names, [tag for tags in examples.labels for tag in tags],
                  f"the dataset has tags that model '{model_dir}' does not know")
     predicted = tagger.tag_words(examples.texts, on_batch=_progress(hooks))
@@ -355,6 +353,11 @@ class Predictor:
         self.label_names = label_names_of(self.model)
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
+
+    @classmethod
+    def for_job(cls, model_dir: str, params: BatchInferenceParams) -> Predictor:
+        return cls(model_dir, max_length=params.max_length, batch_tokens=params.batch_tokens,
+                   max_batch_size=params.max_batch_size, precision=params.precision)
 
     def tag_words(self, sentences: list[list[str]], *, on_batch=None) -> list[list[tuple[str, float]]]:
         return _predict_word_tags(self.model, self.tokenizer, sentences, max_length=self.max_length,
