@@ -29,6 +29,11 @@ UPLOAD_FIELDS = {
     "label_column": "Column holding the label (text classification); omit for unlabelled data.",
     "tokens_column": "token-classification: column holding each sentence's tokens (default `tokens`).",
     "tags_column": "token-classification: column holding each token's BIO tag (default `tags`).",
+    "source_column": "translation: column holding the source text (default `source`).",
+    "target_column": "translation: column holding the reference translation (default `target`).",
+    "document_column": "summarization: column holding the document (default `document`).",
+    "summary_column": "summarization: column holding the reference summary (default `summary`).",
+    "target_file": "translation: a plain-text file parallel to `file` (line N translates line N of `file`).",
     "format": "csv | tsv | jsonl | parquet | conll (default: from the file name).",
 }
 COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
@@ -42,12 +47,16 @@ def upload_dataset():
         raise InvalidInput("send the file as multipart/form-data in a field named 'file'", code="file_missing")
     form = request.form
     name = _form_value((form.get("name") or Path(upload.filename or "dataset").name)[:200], "name")
+    task, schema = _row_schema(form)
+    target = request.files.get("target_file")
+    if target is not None and len(schema.columns) < 2:
+        raise InvalidInput("target_file pairs with file for a task of two texts (task=translation); add "
+                           "task=... or upload one file", code="target_file_unexpected")
     try:
-        fmt = detect_format(upload.filename, form.get("format") or None)
+        fmt = "parallel" if target is not None else detect_format(upload.filename, form.get("format") or None)
     except DataFileError as exc:
         raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
-    task, schema = _row_schema(form)
-    dataset = _store(upload, name=name, fmt=fmt, task=task, schema=schema)
+    dataset = _store(upload, name=name, fmt=fmt, task=task, schema=schema, target=target)
     return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json")), 201
 
 
@@ -94,14 +103,15 @@ def _check_storable(columns: list[str], labels: dict[str, int]) -> None:
                                code="bad_label", details={"label": label})
 
 
-def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema) -> Dataset:
+def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, target=None) -> Dataset:
     """Ingest to a temporary file, rename it, then commit the row; remove the file on any failure."""
     directory = Path(services().settings.data_dir).resolve() / "datasets"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{uuid.uuid4().hex}.jsonl"  # server-generated: the client's filename never reaches disk
     temporary = final.with_suffix(".part")
     try:
-        result = ingest(upload.stream, fmt=fmt, dest=temporary, schema=schema)
+        result = ingest(upload.stream, fmt=fmt, dest=temporary, schema=schema,
+                        target_src=target.stream if target is not None else None)
         _check_storable(result.columns, result.stats.get("label_distribution", {}))
         size = _size(upload.stream)
         os.replace(temporary, final)

@@ -52,6 +52,19 @@ def ner_sentences(rows: int, *, seed: int) -> list[tuple[list[str], list[str]]]:
     return sentences
 
 
+def translation_pairs(rows: int, *, seed: int) -> list[tuple[str, str]]:
+    """Return synthetic (source, target) pairs: the target is the source word by word in a made-up language."""
+    from tests.tiny_models import TRANSLATIONS
+
+    rng = random.Random(seed)
+    words = list(TRANSLATIONS)
+    pairs = []
+    for _ in range(rows):
+        source = rng.choices(words, k=rng.randint(3, 7))
+        pairs.append((" ".join(source), " ".join(TRANSLATIONS[w] for w in source)))
+    return pairs
+
+
 def write_conll(path: Path, sentences, *, docstart: bool = True) -> Path:
     """Write sentences as a CoNLL column file: `token<TAB>tag`, a blank line between sentences."""
     with open(path, "w") as out:

@@ -53,6 +53,43 @@ def build_tiny_tagger_base(path: Path) -> Path:
     return build_tiny_classifier(path, SENTENCES + NER_SENTENCES, vocab_size=500)
 
 
+TRANSLATIONS = {
+    "good": "gut", "bad": "schlecht", "movie": "film", "food": "essen", "the": "der", "was": "war",
+    "and": "und", "great": "toll", "day": "tag", "room": "zimmer", "nice": "schoen", "awful": "furchtbar",
+    "service": "dienst", "happy": "froh", "sad": "traurig", "i": "ich", "liked": "mochte", "it": "es",
+}
+SEQ2SEQ_SENTENCES = [" ".join(TRANSLATIONS), " ".join(TRANSLATIONS.values())]
+
+
+def build_tiny_seq2seq(path: Path, architecture: str = "t5") -> Path:
+    """Save a tiny T5- or BART-style encoder-decoder whose tokenizer knows the synthetic translation pairs."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(SENTENCES + SEQ2SEQ_SENTENCES, 500)
+    tokenizer.save_pretrained(path)
+    pad, start, end = tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id
+    torch.manual_seed(0)
+    if architecture == "t5":
+        config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0,
+                          pad_token_id=pad, eos_token_id=end, decoder_start_token_id=pad)
+        T5ForConditionalGeneration(config).save_pretrained(path)
+    else:
+        config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, max_position_embeddings=MAX_POSITIONS, pad_token_id=pad,
+                            bos_token_id=start, eos_token_id=end, decoder_start_token_id=end,
+                            forced_eos_token_id=end)
+        BartForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+def build_tiny_encoder(path: Path) -> Path:
+    """A tiny BERT encoder whose tokenizer knows the synthetic translation pairs (to warm-start BERT2BERT)."""
+    return build_tiny_classifier(path, SENTENCES + SEQ2SEQ_SENTENCES, vocab_size=500)
+
+
 def _build_tokenizer(corpus: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 import tempfile
@@ -103,15 +104,21 @@ class RowSchema(Protocol):
 
 def ingest(
     src: BinaryIO, *, fmt: str, dest: Path, schema: RowSchema | None = None,
-    text_column: str = "text", label_column: str | None = None,
+    text_column: str = "text", label_column: str | None = None, target_src: BinaryIO | None = None,
 ) -> IngestResult:
     """Validate an upload row by row against `schema` and write it to dest as canonical JSON Lines.
 
-    Without a schema the rows are text with an optional label (`TextRows`).
+    Without a schema the rows are text with an optional label (`TextRows`). With `target_src`, `src`
+    and it are a parallel pair of plain-text files, line N of one the translation of line N of the
+    other; they fill the schema's first two columns.
     """
     schema = schema or TextRows(text_column, label_column)
     reader = _HashingReader(src)
-    rows = _open_rows(fmt, reader, src)
+    if target_src is not None:
+        rows = _parallel_rows(_text_lines(reader), _text_lines(_HashingReader(target_src)),
+                              list(schema.columns.values())[:2])
+    else:
+        rows = _open_rows(fmt, reader, src)
     columns: dict[str, None] = {}
     count = 0
     with open(dest, "w", encoding="utf-8", newline="\n") as out:
@@ -160,6 +167,27 @@ class TextRows:
         out["num_labels"] = len(self._labels or ())
         out["text_length_chars"] = length_summary(self._lengths)
         return out
+
+
+class TextPairRows:
+    """Rows of two texts, both required: source and target, document and summary, prompt and completion."""
+
+    def __init__(self, columns: dict[str, str]) -> None:
+        self.columns = dict(columns)
+        self._lengths = {role: Counter() for role in columns}
+
+    def check_first(self, first: Row) -> None:
+        check_columns(first, {f"{role}_column": column for role, column in self.columns.items()})
+
+    def check(self, raw: Row, row: int, line: int | None) -> dict[str, Any]:
+        checked = {}
+        for role, column in self.columns.items():
+            checked[column] = row_text(raw, row, line, column, required=True)
+            self._lengths[role][len(checked[column])] += 1
+        return checked
+
+    def summary(self) -> dict[str, Any]:
+        return {f"{role}_length_chars": length_summary(lengths) for role, lengths in self._lengths.items() if lengths}
 
 
 def ranked_counts(counts: Counter[str]) -> dict[str, int]:
@@ -334,6 +362,21 @@ def _conll_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
         tags.append(fields[-1])
     if tokens:
         yield {"tokens": tokens, "tags": tags}, first
+
+
+def _parallel_rows(sources: Iterator[str], targets: Iterator[str], columns: list[str]) -> Iterator[tuple[Row, int]]:
+    """Yield {source column: line, target column: line} for each pair of lines of two parallel files."""
+    number = 0
+    for number, (source, target) in enumerate(itertools.zip_longest(sources, targets), 1):
+        if source is None or target is None:
+            longer, shorter = ("target", "source") if source is None else ("source", "target")
+            raise DataFileError(
+                "parallel_mismatch",
+                f"The {longer} file has more lines than the {shorter} file: line {number} has no partner. "
+                "Parallel files hold one sentence per line, line N of one translating line N of the other.",
+                {"line": number},
+            )
+        yield {columns[0]: source.rstrip("\r\n"), columns[1]: target.rstrip("\r\n")}, number
 
 
 def _parquet_rows(reader: _HashingReader, src: BinaryIO) -> Iterator[tuple[Row, None]]:

@@ -17,7 +17,7 @@ def load_model(model_ref: str, model_class: str, what: str, *, label_names: list
     import transformers
     from transformers import AutoTokenizer
 
-    _refuse_custom_code(model_ref)
+    refuse_custom_code(model_ref)
     kwargs: dict = {"trust_remote_code": False}
     if label_names is not None:
         kwargs.update(
@@ -45,7 +45,7 @@ def label_names_of(model) -> list[str]:
     return [str(id2label[i]) for i in range(model.config.num_labels)]
 
 
-def _refuse_custom_code(model_ref: str) -> None:
+def refuse_custom_code(model_ref: str) -> None:
     directory = Path(model_ref)
     if not directory.is_dir():
         return

@@ -25,6 +25,8 @@ from worker.errors import PermanentJobError
 TASK_MODULES = {
     "text-classification": "worker.ml.tasks.text_classification",
     "token-classification": "worker.ml.tasks.token_classification",
+    "translation": "worker.ml.tasks.translation",
+    "summarization": "worker.ml.tasks.summarization",
 }
 TASKS = tuple(TASK_MODULES)
 

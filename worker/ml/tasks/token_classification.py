@@ -21,12 +21,21 @@ from worker.datafiles import cell_error, check_columns, length_summary, ranked_c
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, check_labels, read_rows, split_examples
 from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
+from worker.ml.generation import (  # IGNORED labels later pieces of a word
+    IGNORED,
+    token_loss,
+)
 from worker.ml.hooks import JobHooks
 from worker.ml.loading import label_names_of, load_model
 from worker.ml.predict import effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import SHARED_PARAMS, BatchInferenceParams, EvaluateParams, FinetuneParams
+from worker.params import (
+    SHARED_PARAMS,
+    BatchInferenceParams,
+    EvaluateParams,
+    FinetuneParams,
+)
 
 TASK = "token-classification"
 ROLES = {"tokens": "tokens", "tags": "tags"}  # role -> default column of labelled data
@@ -37,7 +46,6 @@ TAG_PATTERN = re.compile(r"^(?:O|([BI])-(\S+))$")
 # Words as the predictor splits raw text: runs of word characters (with inner - or '), or one other
 # non-space character. Close to how NER corpora such as CoNLL and WNUT are tokenised.
 WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
-IGNORED = -100  # label of word pieces after a word's first, and of special tokens
 
 
 # ---- data: schema and validation ---------------------------------------------------------------
@@ -176,17 +184,6 @@ def _encode(tokenizer, examples: Examples, tag_ids: dict[str, int], max_length: 
     return Dataset.from_dict(data)
 
 
-def _token_loss(outputs, labels, num_items_in_batch=None):
-    # Mean over the labelled word pieces of the whole accumulated batch (see text classification's loss).
-    import torch.nn.functional as F
-
-    logits = outputs.logits.float().flatten(0, 1)
-    labels = labels.flatten()
-    if num_items_in_batch is None:
-        return F.cross_entropy(logits, labels, ignore_index=IGNORED)
-    return F.cross_entropy(logits, labels, ignore_index=IGNORED, reduction="sum") / num_items_in_batch
-
-
 def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     """Entity-level precision, recall and F1 overall and per type (seqeval, IOB2), plus token accuracy."""
     from seqeval.metrics import accuracy_score, classification_report
@@ -294,7 +291,7 @@ def finetune(
         tag_ids = {name: i for i, name in enumerate(tag_names)}
         max_length = effective_max_length(tokenizer, params.max_length)
         return TrainingSetup(model, tokenizer, _encode(tokenizer, train, tag_ids, max_length),
-                             DataCollatorForTokenClassification(tokenizer), compute_loss=_token_loss)
+                             DataCollatorForTokenClassification(tokenizer), compute_loss=token_loss)
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
                  setup=setup, load_trained=load_tagger)
