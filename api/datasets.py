@@ -121,10 +121,11 @@ def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, 
         temporary.unlink(missing_ok=True)
     try:
         session = db_session()
-        roles = list(schema.columns.values())  # input role first, then the target role
+        columns = list(schema.columns.values())  # the input role first, the target role last
         dataset = Dataset(
             tenant_id=tenant_id(), name=name, format=fmt, task=task, column_map=schema.columns,
-            text_column=roles[0], label_column=roles[1] if len(roles) > 1 else None,
+            # Labelled data of any task has a target; a language model's plain text is its own.
+            text_column=columns[0], label_column=columns[-1] if task else None,
             columns=result.columns, row_count=result.row_count, size_bytes=size,
             sha256=result.sha256, path=str(final), stats=result.stats,
         )

@@ -85,6 +85,22 @@ def build_tiny_seq2seq(path: Path, architecture: str = "t5") -> Path:
     return path
 
 
+def build_tiny_gpt2(path: Path) -> Path:
+    """Save a tiny GPT-2-style decoder whose tokenizer knows the synthetic sentences and translation pairs."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(SENTENCES + SEQ2SEQ_SENTENCES, 500)
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=MAX_POSITIONS, n_embd=64, n_layer=2, n_head=4,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.cls_token_id,
+                        eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
 def build_tiny_encoder(path: Path) -> Path:
     """A tiny BERT encoder whose tokenizer knows the synthetic translation pairs (to warm-start BERT2BERT)."""
     return build_tiny_classifier(path, SENTENCES + SEQ2SEQ_SENTENCES, vocab_size=500)

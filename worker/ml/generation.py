@@ -55,8 +55,14 @@ def generate_texts(model, tokenizer, texts: list[str], options: GenerationOption
     set_seed(options.seed)
     decoder_only = not model.config.is_encoder_decoder
     if decoder_only:
+        # A prompt is the start of a text: no end-of-text marker after it, a start marker before it.
         tokenizer.padding_side = "left"
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=False)
+        if tokenizer.bos_token_id is not None:
+            encoded["input_ids"] = [[tokenizer.bos_token_id, *ids] for ids in encoded["input_ids"]]
+            encoded["attention_mask"] = [[1, *mask] for mask in encoded["attention_mask"]]
+    else:
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
     kwargs = generation_kwargs(options, tokenizer)
 
     def step(inputs, _batch):

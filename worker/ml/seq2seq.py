@@ -168,18 +168,20 @@ def _progress(hooks: JobHooks):
 class Generator:
     """Generate text for each row with one loaded model (an encoder-decoder, or a decoder-only LM)."""
 
-    model_class = MODEL_CLASS
-
     def __init__(self, model_dir: str, *, max_length: int, batch_tokens: int, max_batch_size: int,
                  precision: str = "auto", options: GenerationOptions | None = None) -> None:
         self.device = pick_device()
-        self.model, self.tokenizer = load_model(model_dir, self.model_class, "a text generator")
+        self.model, self.tokenizer = self.load(model_dir)
         self.precision = resolve_inference_precision(precision, self.device)
         self.model.to(device=self.device, dtype=torch_dtype(self.precision)).eval()
         self.label_names: list[str] = []
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
         self.options = options or GenerationOptions()
+
+    @staticmethod
+    def load(model_dir: str):
+        return load_model(model_dir, MODEL_CLASS, "a sequence-to-sequence model")
 
     @classmethod
     def for_job(cls, model_dir: str, params: GenerationBatchParams) -> Generator:

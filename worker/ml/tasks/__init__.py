@@ -27,6 +27,7 @@ TASK_MODULES = {
     "token-classification": "worker.ml.tasks.token_classification",
     "translation": "worker.ml.tasks.translation",
     "summarization": "worker.ml.tasks.summarization",
+    "text-generation": "worker.ml.tasks.text_generation",
 }
 TASKS = tuple(TASK_MODULES)
 
