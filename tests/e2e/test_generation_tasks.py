@@ -127,3 +127,38 @@ def test_generation_parameters_are_checked_at_submit(translator):
     with pytest.raises(ApiError) as refused:  # classification parameters know nothing of generation
         client.submit("batch_inference", {"model": "tiny-translator", "dataset_id": train["id"], "generation": {}})
     assert refused.value.status == 422 and "params.generation" in str(refused.value)
+
+
+def test_text_generation_from_prompt_completion_pairs_killed_and_resumed(system, database, tmp_path):
+    from tests.tiny_models import build_tiny_gpt2
+
+    client, _settings, _stack = system
+    base = build_tiny_gpt2(tmp_path / "gpt2")
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"translate {s} :", "completion": t}) + "\n"
+                            for s, t in translation_pairs(120, seed=3)))
+    data = client.upload_dataset(path, task="text-generation")
+    assert data["columns_by_role"] == {"prompt": "prompt", "completion": "completion"}
+    job = client.submit("finetune", {
+        "base_model": str(base), "train_dataset_id": data["id"], "max_steps": 600, "batch_size": 16,
+        "learning_rate": 3e-3, "save_steps": 30, "max_length": 24, "max_target_length": 16, "model_name": "tiny-lm",
+    }, task="text-generation")
+    wait_until(lambda: saved_checkpoint(database, job["id"]), timeout=180, message="the first checkpoint is saved")
+    with database() as session:
+        owner = session.get(Job, job["id"]).lease_owner
+    os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    job = client.wait(job["id"], timeout=600)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["result"]["train"]["resumed_from_step"] >= 30
+    # An untrained model's perplexity is of the order of its vocabulary (~400 words here);
+    # tests/worker/ml/test_text_generation.py compares the two on held-out rows.
+    assert job["result"]["metrics"]["perplexity"] < 100
+
+    prompts = tmp_path / "ask.csv"
+    prompts.write_text("text\ntranslate good day :\n\ntranslate the food was bad :\n")
+    batch = client.wait(client.submit("batch_inference", {
+        "model": "tiny-lm", "dataset_id": client.upload_dataset(prompts)["id"],
+        "generation": {"max_new_tokens": 8, "stop": [":"]}}, task="text-generation")["id"], timeout=180)
+    assert batch["status"] == "succeeded", batch["error"]
+    rows = [json.loads(line) for line in client.download_output(batch["id"], tmp_path / "p.jsonl").open()]
+    assert [r["row"] for r in rows] == [0, 1] and all(r["text"] and ":" not in r["text"] for r in rows)
