@@ -34,7 +34,13 @@ UPLOAD_FIELDS = {
     "document_column": "summarization: column holding the document (default `document`).",
     "summary_column": "summarization: column holding the reference summary (default `summary`).",
     "target_file": "translation: a plain-text file parallel to `file` (line N translates line N of `file`).",
-    "format": "csv | tsv | jsonl | parquet | conll (default: from the file name).",
+    "question_column": "question-answering: column holding the question (default `question`).",
+    "context_column": "question-answering: column holding the context (default `context`).",
+    "answers_column": 'question-answering: column holding {"text": [...], "answer_start": [...]} (default `answers`).',
+    "prompt_column": "text-generation: column holding the prompt (default `prompt`; or plain `text`).",
+    "completion_column": "text-generation: column holding the completion trained on (default `completion`).",
+    "format": "csv | tsv | jsonl | parquet | conll | squad (default: from the file name; .json is SQuAD for "
+              "question-answering).",
 }
 COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
 
@@ -53,7 +59,9 @@ def upload_dataset():
         raise InvalidInput("target_file pairs with file for a task of two texts (task=translation); add "
                            "task=... or upload one file", code="target_file_unexpected")
     try:
-        fmt = "parallel" if target is not None else detect_format(upload.filename, form.get("format") or None)
+        by_extension = getattr(get_task(task), "FORMAT_BY_EXTENSION", None) if task else None
+        fmt = "parallel" if target is not None else detect_format(upload.filename, form.get("format") or None,
+                                                                   by_extension)
     except DataFileError as exc:
         raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
     dataset = _store(upload, name=name, fmt=fmt, task=task, schema=schema, target=target)
@@ -125,7 +133,7 @@ def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, 
         dataset = Dataset(
             tenant_id=tenant_id(), name=name, format=fmt, task=task, column_map=schema.columns,
             # Labelled data of any task has a target; a language model's plain text is its own.
-            text_column=columns[0], label_column=columns[-1] if task else None,
+            text_column=columns[0], label_column=columns[-1] if task and getattr(schema, "labelled", True) else None,
             columns=result.columns, row_count=result.row_count, size_bytes=size,
             sha256=result.sha256, path=str(final), stats=result.stats,
         )

@@ -19,7 +19,7 @@ from db.services.datasets import get_dataset
 from db.services.jobs import create_job, get_job, list_events, list_jobs, request_cancel
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
-from worker.ml.tasks import get_task
+from worker.ml.tasks import get_task, input_columns
 from worker.outbox import relay_outbox
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,17 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
             _check_model_knows_labels(dataset, artifact, "params.dataset_id")
         return [(dataset.id, "evaluate")]
     dataset = _dataset(session, params.dataset_id, "params.dataset_id")
-    column = params.text_column or dataset.text_column
-    if column not in dataset.columns:
-        raise InvalidInput(
-            f"dataset {dataset.id} has no column '{column}'; its columns are {dataset.columns}",
-            code="missing_column", details={"field": "params.text_column", "columns": dataset.columns},
-        )
+    columns = input_columns(task, dataset.columns_by_role, params.text_column or dataset.text_column)
+    for role in get_task(task).INPUT_ROLES:
+        column = columns.get(role)
+        if column not in dataset.columns:
+            named = f"column '{column}'" if column else f"{role} column"
+            raise InvalidInput(
+                f"dataset {dataset.id} has no {named}; its columns are {dataset.columns}"
+                + ("" if role == "text" else f": upload the {' and '.join(get_task(task).INPUT_ROLES)} with task={task}"),
+                code="missing_column", details={"field": "params.text_column" if role == "text" else "params.dataset_id",
+                                                "columns": dataset.columns},
+            )
     return [(dataset.id, "input")]
 
 

@@ -65,6 +65,24 @@ def translation_pairs(rows: int, *, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def qa_examples(rows: int, *, seed: int) -> list[dict]:
+    """Return synthetic SQuAD-style rows: who lives or works where, asked one way or the other."""
+    rng = random.Random(seed)
+    places = [p for p in NER_PLACES if " " not in p]
+    out = []
+    for i in range(rows):
+        (p1, p2), (l1, l2) = rng.sample(NER_PEOPLE, 2), rng.sample(places, 2)
+        context = f"{p1} lives in {l1} . {p2} works in {l2} ."
+        question, answer = rng.choice([
+            (f"where does {p1} live ?", l1), (f"where does {p2} work ?", l2),
+            (f"who lives in {l1} ?", p1), (f"who works in {l2} ?", p2),
+        ])
+        start = context.index(f" {answer} ") + 1 if not context.startswith(answer + " ") else 0
+        out.append({"id": f"q{i}", "question": question, "context": context,
+                    "answers": {"text": [answer], "answer_start": [start]}})
+    return out
+
+
 def write_conll(path: Path, sentences, *, docstart: bool = True) -> Path:
     """Write sentences as a CoNLL column file: `token<TAB>tag`, a blank line between sentences."""
     with open(path, "w") as out:

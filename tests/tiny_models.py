@@ -48,6 +48,14 @@ def build_tiny_classifier(path: Path, corpus: list[str] = SENTENCES, vocab_size:
     return path
 
 
+QA_SENTENCES = ["where does who lives works live work in . ?"]
+
+
+def build_tiny_reader_base(path: Path) -> Path:
+    """A tiny BERT whose tokenizer knows the words of the synthetic questions and contexts."""
+    return build_tiny_classifier(path, SENTENCES + NER_SENTENCES + QA_SENTENCES, vocab_size=500)
+
+
 def build_tiny_tagger_base(path: Path) -> Path:
     """A tiny BERT whose tokenizer also knows the words of the synthetic NER sentences (a base to tag with)."""
     return build_tiny_classifier(path, SENTENCES + NER_SENTENCES, vocab_size=500)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "squad")
 EXTENSION_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -69,13 +69,18 @@ class IngestResult:
     stats: dict[str, Any]
 
 
-def detect_format(filename: str | None, declared: str | None) -> str:
-    """Return the upload's format: the declared one, else the one its file extension names."""
+def detect_format(filename: str | None, declared: str | None, by_extension: dict[str, str] | None = None) -> str:
+    """Return the upload's format: the declared one, else the one its file extension names.
+
+    `by_extension` overrides the usual meaning of some extensions (a task's .json is SQuAD).
+    """
+    extensions = EXTENSION_FORMATS | (by_extension or {})
     if declared:
-        fmt = EXTENSION_FORMATS.get("." + declared.strip().lower().lstrip("."))
+        name = declared.strip().lower().lstrip(".")
+        fmt = name if name in FORMATS else extensions.get("." + name)
         problem = f"Format '{declared}' is not supported"
     else:
-        fmt = EXTENSION_FORMATS.get(Path(filename or "").suffix.lower())
+        fmt = extensions.get(Path(filename or "").suffix.lower())
         problem = f"Cannot tell the format of '{filename or ''}' from its name"
     if fmt is None:
         raise DataFileError(
@@ -248,6 +253,8 @@ def _open_rows(fmt: str, reader: _HashingReader, src: BinaryIO) -> Iterator[tupl
         return _jsonl_rows(_text_lines(reader))
     if fmt == "conll":
         return _conll_rows(_text_lines(reader))
+    if fmt == "squad":
+        return _squad_rows(reader)
     return _parquet_rows(reader, src)
 
 
@@ -362,6 +369,26 @@ def _conll_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
         tags.append(fields[-1])
     if tokens:
         yield {"tokens": tokens, "tags": tags}, first
+
+
+def _squad_rows(reader: _HashingReader) -> Iterator[tuple[Row, None]]:
+    """Yield one row per question of a SQuAD v1.1 document: id, title, question, context, answers."""
+    raw = reader.read()
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise _BadBytes(raw[: exc.start].count(b"\n") + 1, exc.start) from None
+    except json.JSONDecodeError as exc:
+        raise DataFileError("malformed_squad", f"The file is not valid JSON ({exc.msg}, line {exc.lineno}); a SQuAD "
+                            'file is one JSON document {"data": [{"title", "paragraphs": [...]}]}.', {"line": exc.lineno})
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise DataFileError("malformed_squad", 'A SQuAD file holds {"data": [...]}, a list of articles with '
+                            "their paragraphs and questions; upload JSON Lines for one question per line.")
+    for article in document["data"]:
+        for paragraph in article.get("paragraphs", []) if isinstance(article, dict) else []:
+            for qa in paragraph.get("qas", []):
+                yield {"id": qa.get("id"), "title": article.get("title"), "question": qa.get("question"),
+                       "context": paragraph.get("context"), "answers": qa.get("answers", [])}, None
 
 
 def _parallel_rows(sources: Iterator[str], targets: Iterator[str], columns: list[str]) -> Iterator[tuple[Row, int]]:

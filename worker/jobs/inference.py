@@ -25,29 +25,32 @@ from worker.lifecycle import Finalize, JobContext
 
 def run(context: JobContext) -> Finalize:
     """Predict every row not yet done, then assemble the output files."""
-    from worker.ml.tasks import get_task, params_model
+    from worker.ml.tasks import get_task, input_columns, params_model
 
+    task = get_task(context.job.task)
     params = params_model(context.job.task, "batch_inference").model_validate(context.job.params)
     dataset = load_dataset_row(context, params.dataset_id)
-    text_column = params.text_column or dataset.text_column
-    if text_column not in dataset.columns:
+    columns = input_columns(context.job.task, dataset.columns_by_role, params.text_column or dataset.text_column)
+    missing = [role for role in task.INPUT_ROLES if columns.get(role) not in dataset.columns]
+    if missing:
         raise PermanentJobError(
-            f"dataset {dataset.id} has no column '{text_column}'; its columns are {dataset.columns}",
+            f"dataset {dataset.id} has no {' or '.join(missing)} column ({columns}); its columns are {dataset.columns}",
             code="missing_column",
         )
+    read = _reader(columns)
     model_path, _artifact = resolve_model_path(context, params.model)
     out_dir = job_dir(context, "outputs")
     (out_dir / "chunks").mkdir(exist_ok=True)
     done = _done_chunks(context)
     total = dataset.row_count
     context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
-    predictor = get_task(context.job.task).Predictor.for_job(model_path, params)
+    predictor = task.Predictor.for_job(model_path, params)
     rows = iter_rows(Path(dataset.path))
     for index, chunk in enumerate(_chunks(rows, params.chunk_rows)):
         if index in done:
             continue
         context.check()
-        results = predictor.predict_chunk([(i, row.get(text_column)) for i, row in chunk])
+        results = predictor.predict_chunk([(i, read(row)) for i, row in chunk])
         done[index] = _commit_chunk(context, out_dir, index, chunk, results)
         rows_done = _rows_in(done)
         context.progress(fraction=rows_done / max(total, 1), stage="predicting", done=rows_done, total=total)
@@ -62,6 +65,13 @@ def run(context: JobContext) -> Finalize:
         "precision": predictor.precision,
     }
     return lambda session: {"result": summary, "output_path": str(predictions)}
+
+
+def _reader(columns: dict[str, str]):
+    """Return what a predictor reads from a row: its text, or for tasks of several inputs a dict by role."""
+    if list(columns) == ["text"]:
+        return lambda row: row.get(columns["text"])
+    return lambda row: {role: row.get(column) for role, column in columns.items()}
 
 
 def _chunks(rows, size: int):

@@ -4,6 +4,8 @@ Every task module defines:
 - `TASK`, its name; `ROLES`, the roles of its labelled data's columns with their default names (input
   role first, target role second); `MODEL_CLASS`, the transformers Auto class of its models;
   `PARAMS`, the parameters' pydantic model of each job kind (finetune, evaluate, batch_inference);
+- `INPUT_ROLES`, the roles batch inference reads from each row (("text",) for most tasks); optionally
+  `FORMAT_BY_EXTENSION`, file extensions that mean a task-specific format (.json is SQuAD for QA);
 - `row_schema(columns)`, the upload check of its rows (a `worker.datafiles.RowSchema`), and
   `check_trainable(stats)`, an `Untrainable` saying why data with those upload stats cannot
   train a model (or None);
@@ -28,6 +30,7 @@ TASK_MODULES = {
     "translation": "worker.ml.tasks.translation",
     "summarization": "worker.ml.tasks.summarization",
     "text-generation": "worker.ml.tasks.text_generation",
+    "question-answering": "worker.ml.tasks.question_answering",
 }
 TASKS = tuple(TASK_MODULES)
 
@@ -39,6 +42,17 @@ class Untrainable:
     code: str
     problem: str
     details: dict = field(default_factory=dict)
+
+
+def input_columns(task: str, columns_by_role: dict[str, str], text_column: str) -> dict[str, str]:
+    """Return the columns batch inference reads for each of the task's input roles.
+
+    The text role reads `text_column` (the job's choice, else the dataset's input column); other
+    roles read the dataset's column of that role (missing ones are left out, for the caller to refuse).
+    """
+    roles = get_task(task).INPUT_ROLES
+    columns = {role: text_column if role == "text" else columns_by_role.get(role) for role in roles}
+    return {role: column for role, column in columns.items() if column}
 
 
 def params_model(task: str, kind: str):

@@ -16,6 +16,7 @@ from worker.params import GENERATION_PARAMS, GenerationEvaluateParams, Generatio
 
 TASK = "summarization"
 ROLES = {"document": "document", "summary": "summary"}
+INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = seq2seq.MODEL_CLASS
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")

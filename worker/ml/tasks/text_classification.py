@@ -28,6 +28,7 @@ __all__ = ["Predictor", "evaluate", "finetune", "length_batches"]
 
 TASK = "text-classification"
 ROLES = {"text": "text", "label": "label"}  # role -> default column of labelled data
+INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForSequenceClassification"
 MIN_CLASSES = 2

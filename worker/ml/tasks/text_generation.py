@@ -26,6 +26,7 @@ from worker.params import GENERATION_PARAMS, GenerationEvaluateParams, Generatio
 TASK = "text-generation"
 # Either `text` alone, or `prompt` and `completion`: the first row of an upload decides which.
 ROLES = {"text": "text", "prompt": "prompt", "completion": "completion"}
+INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = "AutoModelForCausalLM"
 

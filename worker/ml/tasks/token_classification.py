@@ -39,6 +39,7 @@ from worker.params import (
 
 TASK = "token-classification"
 ROLES = {"tokens": "tokens", "tags": "tags"}  # role -> default column of labelled data
+INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForTokenClassification"
 OUTSIDE = "O"

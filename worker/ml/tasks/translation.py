@@ -16,6 +16,7 @@ from worker.params import GENERATION_PARAMS, GenerationEvaluateParams, Generatio
 
 TASK = "translation"
 ROLES = {"source": "source", "target": "target"}
+INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = seq2seq.MODEL_CLASS
 
