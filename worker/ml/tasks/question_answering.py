@@ -56,8 +56,10 @@ class QuestionContextRows:
         check_columns(first, {f"{role}_column": column for role, column in self.columns.items()})
 
     def check(self, raw: dict, row: int, line: int | None) -> dict[str, Any]:
-        question = row_text(raw, row, line, self.columns["question"], required=True)
-        context = row_text(raw, row, line, self.columns["context"], required=True)
+        # Training data needs every text; in questions to answer a blank one is kept, and the batch
+        # job reports that row in its error file.
+        question = row_text(raw, row, line, self.columns["question"], required=self.labelled)
+        context = row_text(raw, row, line, self.columns["context"], required=self.labelled)
         checked: dict[str, Any] = {self.columns["question"]: question, self.columns["context"]: context}
         self._lengths[len(context)] += 1
         if self.labelled:
