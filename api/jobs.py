@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from db.services.datasets import get_dataset
 from db.services.jobs import create_job, get_job, list_events, list_jobs, request_cancel
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
-from worker.ml.tasks import get_task, input_columns
+from worker.ml.tasks import get_task, input_columns, untrained_for
 from worker.outbox import relay_outbox
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
     params, kind, task = submission.params, submission.kind, submission.task
     if kind == "finetune":
         return _check_finetune(session, params, task)
-    artifact = _check_model(session, params.model, "params.model")
+    artifact = _check_model(session, params.model, "params.model", task=task)
     if artifact is not None and artifact.task != task:
         raise InvalidInput(
             f"params.model: model {artifact.name}:{artifact.version} is a {artifact.task} model; this job is "
@@ -222,16 +223,35 @@ def _quoted(labels, limit: int = LABELS_NAMED) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _check_model(session: Session, ref: str, field: str) -> ModelArtifact | None:
-    """Return the registered model `ref` names, None for another loadable reference, else refuse it."""
+def _check_model(session: Session, ref: str, field: str, task: str | None = None) -> ModelArtifact | None:
+    """Return the registered model `ref` names, None for another loadable reference, else refuse it.
+
+    With `task` (evaluate, batch inference), a saved model must already have that task's head.
+    """
     artifact = resolve_model(session, tenant_id(), ref)
     if artifact is not None:
         return artifact
     try:
-        resolve_unregistered(ref, hub_enabled=services().settings.hub_enabled)
+        path = resolve_unregistered(ref, hub_enabled=services().settings.hub_enabled)
     except ModelRefError as exc:
         raise InvalidInput(f"{field}: {exc.message}", code=exc.code, details={"field": field}) from None
+    architectures = _architectures(Path(path))
+    if task is not None and untrained_for(task, architectures):
+        raise InvalidInput(
+            f"{field}: model '{ref}' is a {', '.join(architectures)}, not a {task} model; its {task} head would "
+            "be new and untrained: fine-tune it for the task first and use the trained model",
+            code="wrong_task", details={"field": field, "architectures": architectures, "task": task},
+        )
     return None
+
+
+def _architectures(path: Path) -> list[str]:
+    """Return the architectures a local model's config.json names (empty for hub ids)."""
+    try:
+        names = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return []
+    return [str(name) for name in names]
 
 
 @bp.get("/jobs")

@@ -129,3 +129,13 @@ def test_a_tagger_on_classification_data_is_422_naming_both_tasks(app, client, a
     assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "wrong_task",
                  "holds text-classification data; this job is token-classification", "task=token-classification")
     _no_job_was_created(app)
+
+
+def test_running_a_saved_model_without_the_tasks_head_is_422(app, client, auth, tiny_model):
+    response = upload(client, auth, b"Alice\tB-PER\nleft\tO\n", "ner.conll", task="token-classification")
+    dataset = response.get_json()
+    body = evaluate_body(dataset["id"], tiny_model) | {"task": "token-classification"}
+    error = assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "wrong_task",
+                         "is a BertForSequenceClassification, not a token-classification model", "fine-tune it")
+    assert error["details"]["architectures"] == ["BertForSequenceClassification"]
+    _no_job_was_created(app)

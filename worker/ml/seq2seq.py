@@ -23,6 +23,7 @@ from worker.ml.training import TrainingSetup, fit
 from worker.params import GenerationBatchParams, GenerationEvaluateParams, GenerationFinetuneParams, GenerationOptions
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
+TRAINED_HEADS = ("ForConditionalGeneration", "EncoderDecoderModel", "MTModel")
 # Encoders whose BERT-style layers can also serve as a decoder with cross-attention.
 WARM_START_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
 

@@ -4,6 +4,7 @@ Every task module defines:
 - `TASK`, its name; `ROLES`, the roles of its labelled data's columns with their default names (input
   role first, target role second); `MODEL_CLASS`, the transformers Auto class of its models;
   `PARAMS`, the parameters' pydantic model of each job kind (finetune, evaluate, batch_inference);
+  `TRAINED_HEADS`, endings of the architecture names of models that already do the task;
 - `INPUT_ROLES`, the roles batch inference reads from each row (("text",) for most tasks); optionally
   `FORMAT_BY_EXTENSION`, file extensions that mean a task-specific format (.json is SQuAD for QA);
 - `row_schema(columns)`, the upload check of its rows (a `worker.datafiles.RowSchema`), and
@@ -53,6 +54,15 @@ def input_columns(task: str, columns_by_role: dict[str, str], text_column: str) 
     roles = get_task(task).INPUT_ROLES
     columns = {role: text_column if role == "text" else columns_by_role.get(role) for role in roles}
     return {role: column for role, column in columns.items() if column}
+
+
+def untrained_for(task: str, architectures: list[str]) -> bool:
+    """Say whether a saved model with these architectures lacks the head `task` needs.
+
+    Loading it would give it a new, random head: fine to fine-tune, meaningless to evaluate or run.
+    """
+    heads = get_task(task).TRAINED_HEADS
+    return bool(architectures) and not any(name.endswith(heads) for name in architectures)
 
 
 def params_model(task: str, kind: str):

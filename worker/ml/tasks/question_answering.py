@@ -31,6 +31,7 @@ ROLES = {"question": "question", "context": "context", "answers": "answers"}
 INPUT_ROLES = ("question", "context")
 PARAMS = SHARED_PARAMS
 MODEL_CLASS = "AutoModelForQuestionAnswering"
+TRAINED_HEADS = ("ForQuestionAnswering",)  # architecture names of models that already do this task
 FORMAT_BY_EXTENSION = {".json": "squad"}  # a .json upload for this task is a SQuAD document
 DOC_STRIDE = 64  # tokens shared by consecutive windows of a long context
 MAX_ANSWER_TOKENS = 30

@@ -19,6 +19,7 @@ ROLES = {"document": "document", "summary": "summary"}
 INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = seq2seq.MODEL_CLASS
+TRAINED_HEADS = seq2seq.TRAINED_HEADS  # architecture names of models that already do this task
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 

@@ -31,6 +31,7 @@ ROLES = {"text": "text", "label": "label"}  # role -> default column of labelled
 INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForSequenceClassification"
+TRAINED_HEADS = ("ForSequenceClassification",)  # architecture names of models that already do this task
 MIN_CLASSES = 2
 
 

@@ -29,6 +29,7 @@ ROLES = {"text": "text", "prompt": "prompt", "completion": "completion"}
 INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = "AutoModelForCausalLM"
+TRAINED_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture names of models that already do this task
 
 
 # ---- data: schema and validation ---------------------------------------------------------------

@@ -42,6 +42,7 @@ ROLES = {"tokens": "tokens", "tags": "tags"}  # role -> default column of labell
 INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForTokenClassification"
+TRAINED_HEADS = ("ForTokenClassification",)  # architecture names of models that already do this task
 OUTSIDE = "O"
 TAG_PATTERN = re.compile(r"^(?:O|([BI])-(\S+))$")
 # Words as the predictor splits raw text: runs of word characters (with inner - or '), or one other

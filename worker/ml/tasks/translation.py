@@ -19,6 +19,7 @@ ROLES = {"source": "source", "target": "target"}
 INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = seq2seq.MODEL_CLASS
+TRAINED_HEADS = seq2seq.TRAINED_HEADS  # architecture names of models that already do this task
 
 
 def row_schema(columns: dict[str, str]) -> TextPairRows:
