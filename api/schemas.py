@@ -179,7 +179,8 @@ class ModelOut(_Out):
     version: int
     task: str
     base_model: str
-    label_names: list[str]
+    label_names: list[str] = Field(description="Class names or tags in the order of the model's outputs.")
+    tokenizer: dict[str, Any] = Field(description="The saved tokenizer: class, vocabulary size, maximum length.")
     source_job_id: int | None
     metrics: dict[str, Any]
     created_at: UtcDatetime

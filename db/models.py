@@ -165,6 +165,7 @@ class ModelArtifact(Base):
     task: Mapped[str] = mapped_column(String(64))
     base_model: Mapped[str] = mapped_column(String(500))
     label_names: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    tokenizer: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # class, vocabulary, max length
     path: Mapped[str] = mapped_column(String(1000))
     source_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -77,6 +77,17 @@ REJECTED = [
      ["Row 1", "1 tags for 2 tokens"]),
     ("ner-misnamed-tags", "d.jsonl", _jsonl({"tokens": ["a"], "ner": ["O"]}), NER, "missing_column",
      ["'tags'", "tags_column", "tokens, ner"]),
+    ("qa-answer-elsewhere", "d.jsonl", _jsonl({"question": "q?", "context": "Oslo is in Norway.",
+     "answers": {"text": ["Norway"], "answer_start": [0]}}), {"task": "question-answering"}, "answer_not_in_context",
+     ["Row 1", "'answers'", "answer 1 'Norway' at character 0", "it occurs at 11"]),
+    ("squad-not-a-document", "d.json", b'[{"question": "q"}]', {"task": "question-answering"}, "malformed_squad",
+     ['{"data": [...]}']),
+    ("translation-empty-target", "d.jsonl", _jsonl({"source": "a", "target": "b"}, {"source": "c", "target": " "}),
+     {"task": "translation"}, "empty_text", ["Row 2", "'target'"]),
+    ("summary-column-misnamed", "d.jsonl", _jsonl({"document": "a", "headline": "b"}), {"task": "summarization"},
+     "missing_column", ["'summary'", "summary_column", "document, headline"]),
+    ("generation-no-text", "d.jsonl", _jsonl({"body": "a"}), {"task": "text-generation"}, "missing_column",
+     ["'prompt'", "prompt_column"]),
     ("ner-nul-in-tag", "d.jsonl", _jsonl({"tokens": ["a"], "tags": ["B-P\u0000R"]}), NER, "bad_label", ["NUL"]),
 ]
 

@@ -104,18 +104,32 @@ def test_translation_evaluate_and_batch_generation(translator, tmp_path):
     assert rows[0]["id"] == "d0" and all(isinstance(r["text"], str) for r in rows)
 
 
-def test_summarization_on_jsonl_documents(system, t5_base, tmp_path):
+def test_summarization_with_a_bart_style_model_on_jsonl_documents(system, tmp_path):
     client, _settings, _stack = system
+    base = build_tiny_seq2seq(tmp_path / "bart", "bart")
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"article": f"{s} and {s}", "headline": t}) + "\n"
                             for s, t in translation_pairs(80, seed=2)))
     data = client.upload_dataset(path, task="summarization", document_column="article", summary_column="headline")
     job = client.wait(client.submit("finetune", {
-        "base_model": str(t5_base), "train_dataset_id": data["id"], "max_steps": 20, "batch_size": 16,
+        "base_model": str(base), "train_dataset_id": data["id"], "max_steps": 20, "batch_size": 16,
         "max_length": 48, "max_target_length": 32, "model_name": "tiny-summarizer", "generation": GENERATION,
     }, task="summarization")["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert set(job["result"]["metrics"]) >= {"rouge1", "rouge2", "rougeL"}
+
+    evaluation = client.wait(client.submit("evaluate", {"model": "tiny-summarizer", "dataset_id": data["id"],
+                                                        "generation": GENERATION}, task="summarization")["id"],
+                             timeout=180)
+    assert evaluation["status"] == "succeeded", evaluation["error"]
+    assert client.request("GET", f"/evaluations/{evaluation['result']['evaluation_id']}")["metrics"]["rows"] == 80
+    batch = client.wait(client.submit("batch_inference", {"model": "tiny-summarizer", "dataset_id": data["id"],
+                                                          "text_column": "article", "chunk_rows": 16,
+                                                          "generation": GENERATION}, task="summarization")["id"],
+                        timeout=180)
+    assert batch["status"] == "succeeded", batch["error"]
+    rows = [json.loads(line) for line in client.download_output(batch["id"], tmp_path / "s.jsonl").open()]
+    assert [r["row"] for r in rows] == list(range(80))
 
 
 def test_generation_parameters_are_checked_at_submit(translator):
@@ -162,3 +176,9 @@ def test_text_generation_from_prompt_completion_pairs_killed_and_resumed(system,
     assert batch["status"] == "succeeded", batch["error"]
     rows = [json.loads(line) for line in client.download_output(batch["id"], tmp_path / "p.jsonl").open()]
     assert [r["row"] for r in rows] == [0, 1] and all(r["text"] and ":" not in r["text"] for r in rows)
+
+    evaluation = client.wait(client.submit("evaluate", {"model": "tiny-lm", "dataset_id": data["id"]},
+                                           task="text-generation")["id"], timeout=180)
+    assert evaluation["status"] == "succeeded", evaluation["error"]
+    metrics = client.request("GET", f"/evaluations/{evaluation['result']['evaluation_id']}")["metrics"]
+    assert metrics["rows"] == 120 and metrics["perplexity"] < 100

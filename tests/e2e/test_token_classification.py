@@ -75,6 +75,7 @@ def test_a_killed_fine_tune_resumes_and_registers_a_tagger(trained):
     assert job["result"]["model"] == "tiny-ner:1" and job["result"]["metrics"]["f1"] >= 0.9
     model = client.request("GET", "/models/tiny-ner")["items"][0]
     assert model["task"] == TASK and model["label_names"] == ["O", "B-LOC", "I-LOC", "B-PER"]
+    assert model["tokenizer"]["type"] == "WordPiece" and model["tokenizer"]["vocab_size"] > 100
     evaluation = client.request("GET", f"/evaluations/{job['result']['evaluation_id']}")
     assert set(evaluation["metrics"]["per_type"]) == {"PER", "LOC"}
 

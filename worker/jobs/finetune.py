@@ -43,6 +43,7 @@ def run(context: JobContext) -> Finalize:
             task=job.task,
             base_model=base_artifact.name if base_artifact else params.base_model,
             label_names=outcome["label_names"],
+            tokenizer=tokenizer_summary(model_dir),
             path=str(model_dir),
             source_job_id=job.id,
             metrics=headline_metrics(outcome["metrics"]),
@@ -66,4 +67,20 @@ def run(context: JobContext) -> Finalize:
         return {"result": result, "model_artifact_id": artifact.id, "output_path": str(model_dir)}
 
     return finalize
+
+
+def tokenizer_summary(model_dir: Path) -> dict:
+    """Describe the tokenizer saved beside a trained model, from its files."""
+    import json
+
+    summary: dict = {}
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        values = json.loads(config.read_text())
+        summary = {key: values[key] for key in ("tokenizer_class", "model_max_length", "do_lower_case") if key in values}
+    vocabulary = model_dir / "tokenizer.json"
+    if vocabulary.is_file():
+        model = json.loads(vocabulary.read_text()).get("model", {})
+        summary |= {"type": model.get("type"), "vocab_size": len(model.get("vocab") or ())}
+    return summary
 
