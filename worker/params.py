@@ -26,10 +26,10 @@ class _Params(BaseModel):
 
 
 class FinetuneParams(_Params):
-    """Hyperparameters of a fine-tune; defaults suit a small BERT-style encoder."""
+    """Hyperparameters of a fine-tune (every task); defaults suit a small BERT-style encoder."""
 
     base_model: ModelRef
-    train_dataset_id: int = Field(description="Dataset with text and label columns.")
+    train_dataset_id: int = Field(description="Labelled dataset uploaded for the job's task.")
     validation_dataset_id: int | None = Field(
         default=None, description="Labelled dataset used for evaluation; else a split of train."
     )
@@ -61,7 +61,7 @@ class FinetuneParams(_Params):
     save_minutes: float = Field(
         default=10.0, gt=0, le=24 * 60, description="Checkpoint at least this often (compute minutes)."
     )
-    freeze_base: bool = Field(default=False, description="Train only the classification head.")
+    freeze_base: bool = Field(default=False, description="Train only the task's head (the encoder stays fixed).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         default="auto", description="auto: bf16/fp16 on a GPU that supports it, fp32 on CPU."
     )
@@ -81,7 +81,7 @@ class EvaluateParams(_Params):
 
 
 class BatchInferenceParams(_Params):
-    """Classify every row of a dataset into a JSONL output file."""
+    """Run the model over every row of a dataset into a JSONL output file, one line per row in order."""
 
     model: ModelRef
     dataset_id: int
