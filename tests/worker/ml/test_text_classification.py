@@ -262,8 +262,8 @@ def test_length_batches_respect_the_token_budget():
 
 def test_get_task_finds_text_classification_and_refuses_unknown():
     assert get_task("text-classification") is tc
-    with pytest.raises(PermanentJobError, match="unknown task 'summarization'"):
-        get_task("summarization")
+    with pytest.raises(PermanentJobError, match="unknown task 'poetry'"):
+        get_task("poetry")
 
 
 def test_load_classifier_refuses_custom_code(tiny_classifier, tmp_path):
