@@ -32,6 +32,16 @@ class JobHooks(Protocol):
         """Return why the job should checkpoint and stop ("shutdown", "time_limit"), or None."""
 
 
+def progress_reporter(hooks: JobHooks, stage: str = "evaluating"):
+    """Return an `on_batch(done, total)` callback that honours stops and records progress of `stage`."""
+
+    def report(done: int, total: int) -> None:
+        hooks.check()
+        hooks.progress(fraction=done / total, stage=stage, done=done, total=total)
+
+    return report
+
+
 class NullHooks:
     """Hooks that record everything in memory; for tests and scripts."""
 

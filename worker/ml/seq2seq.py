@@ -16,11 +16,16 @@ from worker.errors import PermanentJobError
 from worker.ml.data import Examples, read_rows, split_examples
 from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
 from worker.ml.generation import IGNORED, generate_texts, token_loss
-from worker.ml.hooks import JobHooks
+from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model, refuse_custom_code
 from worker.ml.predict import effective_max_length
 from worker.ml.training import TrainingSetup, fit
-from worker.params import GenerationBatchParams, GenerationEvaluateParams, GenerationFinetuneParams, GenerationOptions
+from worker.params import (
+    GenerationBatchParams,
+    GenerationEvaluateParams,
+    GenerationFinetuneParams,
+    GenerationOptions,
+)
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
 TRAINED_HEADS = ("ForConditionalGeneration", "EncoderDecoderModel", "MTModel")
@@ -130,7 +135,7 @@ def finetune(params: GenerationFinetuneParams, pair: Pair, *, base_model: str, t
         model, tokenizer, validation.texts, params.generation,
         max_length=effective_max_length(tokenizer, params.max_length),
         batch_tokens=params.eval_batch_size * params.max_length, max_batch_size=params.eval_batch_size,
-        on_batch=_progress(hooks),
+        on_batch=progress_reporter(hooks, "generating"),
     )
     metrics = pair.metrics(predictions, validation.labels) | {"examples": _examples(validation, predictions)}
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +151,7 @@ def evaluate(pair: Pair, model_dir: str, *, data_path: Path, columns: dict[str, 
     examples = read_pairs(data_path, columns, pair, "evaluation")
     generator = Generator(model_dir, max_length=params.max_length, batch_tokens=params.batch_size * params.max_length,
                           max_batch_size=params.batch_size, precision=params.precision, options=params.generation)
-    predictions = generator.generate(examples.texts, on_batch=_progress(hooks))
+    predictions = generator.generate(examples.texts, on_batch=progress_reporter(hooks, "generating"))
     return pair.metrics(predictions, examples.labels) | {
         "rows": len(examples.texts), "dtype": generator.precision, "examples": _examples(examples, predictions),
     }
@@ -156,14 +161,6 @@ def _examples(examples: Examples, predictions: list[str], count: int = 5) -> lis
     """A few (source, reference, prediction) triples, for a person reading the evaluation."""
     return [{"source": s, "reference": r, "prediction": p}
             for s, r, p in list(zip(examples.texts, examples.labels, predictions))[:count]]
-
-
-def _progress(hooks: JobHooks):
-    def report(done: int, total: int) -> None:
-        hooks.check()
-        hooks.progress(fraction=done / total, stage="generating", done=done, total=total)
-
-    return report
 
 
 class Generator:

@@ -10,11 +10,16 @@ import pytest
 
 from tests.helpers import translation_pairs
 from tests.tiny_models import build_tiny_encoder, build_tiny_seq2seq
+from tests.worker.ml.hooks import InterruptAfter
 from worker.datafiles import DataFileError, TextPairRows, ingest, iter_rows
 from worker.errors import JobInterrupted
 from worker.ml.hooks import NullHooks
 from worker.ml.tasks import summarization, translation
-from worker.params import GenerationEvaluateParams, GenerationFinetuneParams, GenerationOptions
+from worker.params import (
+    GenerationEvaluateParams,
+    GenerationFinetuneParams,
+    GenerationOptions,
+)
 
 COLUMNS = {"source": "source", "target": "target"}
 
@@ -159,21 +164,10 @@ def test_a_decoder_only_base_is_refused_for_translation(tmp_path):
         load_seq2seq(str(tmp_path / "gpt"))
 
 
-class CancelAtStep(NullHooks):
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def check(self) -> None:
-        done = [value[2] for name, value in self.events if name == "progress" and value[1] == "training"]
-        if done and done[-1] >= self.step:
-            raise JobInterrupted("stop here", code="cancelled")
-
-
 def test_an_interrupted_seq2seq_fine_tune_resumes_from_its_checkpoint(t5_base, tmp_path):
     train = write_pairs(tmp_path / "train.jsonl", 60, seed=4)
     params = params_for(t5_base, max_steps=24, save_steps=10)
     with pytest.raises(JobInterrupted):
-        finetune(translation, params, train, tmp_path, hooks=CancelAtStep(12))
+        finetune(translation, params, train, tmp_path, hooks=InterruptAfter(step=12))
     outcome = finetune(translation, params, train, tmp_path)
     assert outcome["train"]["resumed_from_step"] == 10 and outcome["train"]["global_step"] == 24

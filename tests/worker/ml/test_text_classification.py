@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 
+from tests.worker.ml.hooks import InterruptAfter
 from worker.errors import JobInterrupted, PermanentJobError
 from worker.ml.hooks import NullHooks
 from worker.ml.loading import load_classifier
@@ -53,24 +54,6 @@ def run_finetune(params, train_path, tmp_path, hooks=None, validation_path=None)
 
 def events(hooks, kind):
     return [value for name, value in hooks.events if name == kind]
-
-
-class InterruptAfter(NullHooks):
-    """Hooks that cancel the job at the first check once training reported `step` done."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-        self.done = 0
-
-    def progress(self, *, fraction, stage, done=None, total=None) -> None:
-        super().progress(fraction=fraction, stage=stage, done=done, total=total)
-        if stage == "training":
-            self.done = done
-
-    def check(self) -> None:
-        if self.done >= self.step:
-            raise JobInterrupted("cancelled")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,11 @@ from tests.tiny_models import build_tiny_gpt2
 from worker.datafiles import DataFileError, ingest
 from worker.ml.hooks import NullHooks
 from worker.ml.tasks import text_generation as lm
-from worker.params import GenerationEvaluateParams, GenerationFinetuneParams, GenerationOptions
+from worker.params import (
+    GenerationEvaluateParams,
+    GenerationFinetuneParams,
+    GenerationOptions,
+)
 
 PAIRS = {"prompt": "prompt", "completion": "completion"}
 ALL_ROLES = {"text": "text", **PAIRS}

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import ner_sentences
 from tests.tiny_models import build_tiny_tagger_base
+from tests.worker.ml.hooks import InterruptAfter
 from worker.errors import JobInterrupted
 from worker.ml.hooks import NullHooks
 from worker.ml.tasks import token_classification as ner
@@ -90,21 +91,10 @@ def test_predictor_returns_entity_spans_of_the_raw_text(trained):
     assert results[2] == {"row": 2, "entities": []}
 
 
-class CancelAtStep(NullHooks):
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def check(self) -> None:
-        done = [value[2] for name, value in self.events if name == "progress" and value[1] == "training"]
-        if done and done[-1] >= self.step:
-            raise JobInterrupted("stop here", code="cancelled")
-
-
 def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(tagger_base, tmp_path):
     train = write_tagged(tmp_path / "train.jsonl", 80, seed=2)
     params = params_for(tagger_base, max_steps=30, save_steps=10)
     with pytest.raises(JobInterrupted):
-        finetune(params, train, tmp_path, hooks=CancelAtStep(12))
+        finetune(params, train, tmp_path, hooks=InterruptAfter(step=12))
     outcome = finetune(params, train, tmp_path)
     assert outcome["train"]["resumed_from_step"] == 10 and outcome["train"]["global_step"] == 30

@@ -19,12 +19,17 @@ from worker.datafiles import cell_error, check_columns, length_summary, row_text
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, read_rows, split_examples
 from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
-from worker.ml.hooks import JobHooks
+from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model
 from worker.ml.predict import effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import SHARED_PARAMS, BatchInferenceParams, EvaluateParams, FinetuneParams
+from worker.params import (
+    SHARED_PARAMS,
+    BatchInferenceParams,
+    EvaluateParams,
+    FinetuneParams,
+)
 
 TASK = "question-answering"
 ROLES = {"question": "question", "context": "context", "answers": "answers"}
@@ -260,7 +265,7 @@ def finetune(params: FinetuneParams, *, base_model: str, train_path: Path, valid
     spans = answer_spans(model, tokenizer, validation.texts, validation_contexts,
                          max_length=effective_max_length(tokenizer, params.max_length),
                          batch_tokens=params.eval_batch_size * params.max_length,
-                         max_batch_size=params.eval_batch_size, on_batch=_progress(hooks))
+                         max_batch_size=params.eval_batch_size, on_batch=progress_reporter(hooks))
     metrics = squad_metrics([s["text"] for s in spans], [a["text"] for a in validation.labels])
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
@@ -274,17 +279,9 @@ def evaluate(model_dir: str, *, data_path: Path, columns: dict[str, str], params
     examples, contexts = _read(data_path, columns, "evaluation")
     reader = Predictor(model_dir, max_length=params.max_length, batch_tokens=params.batch_size * params.max_length,
                        max_batch_size=params.batch_size, precision=params.precision)
-    spans = reader.answer(examples.texts, contexts, on_batch=_progress(hooks))
+    spans = reader.answer(examples.texts, contexts, on_batch=progress_reporter(hooks))
     metrics = squad_metrics([s["text"] for s in spans], [a["text"] for a in examples.labels])
     return metrics | {"rows": len(examples.texts), "dtype": reader.precision}
-
-
-def _progress(hooks: JobHooks):
-    def report(done: int, total: int) -> None:
-        hooks.check()
-        hooks.progress(fraction=done / total, stage="evaluating", done=done, total=total)
-
-    return report
 
 
 class Predictor:

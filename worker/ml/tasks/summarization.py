@@ -12,7 +12,11 @@ from worker.datafiles import TextPairRows
 from worker.ml import seq2seq
 from worker.ml.hooks import JobHooks
 from worker.ml.tasks import Untrainable
-from worker.params import GENERATION_PARAMS, GenerationEvaluateParams, GenerationFinetuneParams
+from worker.params import (
+    GENERATION_PARAMS,
+    GenerationEvaluateParams,
+    GenerationFinetuneParams,
+)
 
 TASK = "summarization"
 ROLES = {"document": "document", "summary": "summary"}

@@ -11,7 +11,7 @@ from pathlib import Path
 from worker.datafiles import TextRows
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, check_labels, read_labelled, split_examples
-from worker.ml.hooks import JobHooks
+from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_classifier
 from worker.ml.metrics import classification_metrics
 from worker.ml.predict import (
@@ -157,18 +157,10 @@ def _evaluate_texts(model, tokenizer, examples: Examples, label_names, params, m
     batch_size = params.eval_batch_size
     probabilities = predict_probabilities(
         model, tokenizer, examples.texts, max_length=max_length, batch_tokens=batch_size * max_length,
-        max_batch_size=batch_size, on_batch=_evaluation_progress(hooks),
+        max_batch_size=batch_size, on_batch=progress_reporter(hooks),
     )
     predicted = [label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
     return classification_metrics(examples.labels, predicted, label_names)
-
-
-def _evaluation_progress(hooks: JobHooks):
-    def report(done: int, total: int) -> None:
-        hooks.check()
-        hooks.progress(fraction=done / total, stage="evaluating", done=done, total=total)
-
-    return report
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -190,7 +182,7 @@ def evaluate(
     )
     unknown_message = f"the dataset has labels that model '{model_dir}' does not know"
     check_labels(predictor.label_names, examples.labels, unknown_message)
-    probabilities = predictor.predict_probabilities(examples.texts, on_batch=_evaluation_progress(hooks))
+    probabilities = predictor.predict_probabilities(examples.texts, on_batch=progress_reporter(hooks))
     predicted = [predictor.label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
     metrics = classification_metrics(examples.labels, predicted, predictor.label_names)
     metrics["rows"] = len(examples.texts)

@@ -16,12 +16,16 @@ from worker.errors import PermanentJobError
 from worker.ml import seq2seq
 from worker.ml.data import Examples, read_rows, split_examples
 from worker.ml.generation import IGNORED
-from worker.ml.hooks import JobHooks
+from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model
 from worker.ml.predict import map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
-from worker.params import GENERATION_PARAMS, GenerationEvaluateParams, GenerationFinetuneParams
+from worker.params import (
+    GENERATION_PARAMS,
+    GenerationEvaluateParams,
+    GenerationFinetuneParams,
+)
 
 TASK = "text-generation"
 # Either `text` alone, or `prompt` and `completion`: the first row of an upload decides which.
@@ -170,14 +174,6 @@ def language_model_metrics(model, tokenizer, examples: Examples, *, max_length: 
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "support": len(examples.texts)}
 
 
-def _progress(hooks: JobHooks):
-    def report(done: int, total: int) -> None:
-        hooks.check()
-        hooks.progress(fraction=done / total, stage="evaluating", done=done, total=total)
-
-    return report
-
-
 # ---- fine-tune and evaluate -----------------------------------------------------------------------
 
 
@@ -204,7 +200,7 @@ def finetune(params: GenerationFinetuneParams, *, base_model: str, train_path: P
     model.eval()
     metrics = language_model_metrics(model, tokenizer, validation, max_length=max_length,
                                      batch_tokens=params.eval_batch_size * max_length,
-                                     max_batch_size=params.eval_batch_size, on_batch=_progress(hooks))
+                                     max_batch_size=params.eval_batch_size, on_batch=progress_reporter(hooks))
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -219,7 +215,7 @@ def evaluate(model_dir: str, *, data_path: Path, columns: dict[str, str], params
                           max_batch_size=params.batch_size, precision=params.precision, options=params.generation)
     metrics = language_model_metrics(generator.model, generator.tokenizer, examples, max_length=params.max_length,
                                      batch_tokens=params.batch_size * params.max_length,
-                                     max_batch_size=params.batch_size, on_batch=_progress(hooks))
+                                     max_batch_size=params.batch_size, on_batch=progress_reporter(hooks))
     return metrics | {"rows": len(examples.texts), "dtype": generator.precision}
 
 

@@ -25,7 +25,7 @@ from worker.ml.generation import (  # IGNORED labels later pieces of a word
     IGNORED,
     token_loss,
 )
-from worker.ml.hooks import JobHooks
+from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import label_names_of, load_model
 from worker.ml.predict import effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
@@ -237,14 +237,6 @@ def _predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_leng
                        max_batch_size=max_batch_size, on_batch=on_batch)
 
 
-def _progress(hooks: JobHooks, stage: str = "evaluating"):
-    def report(done: int, total: int) -> None:
-        hooks.check()
-        hooks.progress(fraction=done / total, stage=stage, done=done, total=total)
-
-    return report
-
-
 # ---- fine-tune and evaluate -----------------------------------------------------------------------
 
 
@@ -302,7 +294,7 @@ def finetune(
     predicted = _predict_word_tags(
         model, tokenizer, validation.texts, max_length=effective_max_length(tokenizer, params.max_length),
         batch_tokens=params.eval_batch_size * params.max_length, max_batch_size=params.eval_batch_size,
-        on_batch=_progress(hooks),
+        on_batch=progress_reporter(hooks),
     )
     metrics = entity_metrics(validation.labels, [[tag for tag, _ in words] for words in predicted])
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +318,7 @@ def evaluate(
                        max_batch_size=params.batch_size, precision=params.precision)
     check_labels(tagger.label_names, [tag for tags in examples.labels for tag in tags],
                  f"the dataset has tags that model '{model_dir}' does not know")
-    predicted = tagger.tag_words(examples.texts, on_batch=_progress(hooks))
+    predicted = tagger.tag_words(examples.texts, on_batch=progress_reporter(hooks))
     metrics = entity_metrics(examples.labels, [[tag for tag, _ in words] for words in predicted])
     metrics["rows"] = len(examples.texts)
     metrics["dtype"] = tagger.precision
