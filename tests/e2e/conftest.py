@@ -36,3 +36,34 @@ def system(request, tmp_path_factory, tiny_model):
         if os.environ.get("NIGHTSHIFT_TEST_SHOW_LOGS"):
             for log in sorted(stack.log_dir.glob("*.log")):
                 print(f"==== {log.name}\n{log.read_text()[-5000:]}")
+
+
+@pytest.fixture(scope="module")
+def database(system):
+    """A session factory on the system's database: the tests' own view of the truth."""
+    from db.session import make_engine, make_session_factory
+
+    _client, settings, _stack = system
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def kill_after_first_checkpoint(database, job_id: int) -> None:
+    """Wait until the job has saved a checkpoint, then SIGKILL the process holding its lease."""
+    import signal
+
+    from sqlalchemy import select
+
+    from db.models import Job, JobEvent
+    from tests.helpers import wait_until
+
+    def saved() -> bool:
+        with database() as session:
+            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "log"))
+            return any(e.message.startswith("checkpoint saved") for e in events)
+
+    wait_until(saved, timeout=180, message=f"job {job_id} saves its first checkpoint")
+    with database() as session:
+        owner = session.get(Job, job_id).lease_owner
+    os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)

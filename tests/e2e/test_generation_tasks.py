@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
-from sqlalchemy import select
 
 from api.client import ApiError
-from db.models import Job, JobEvent
-from db.session import make_engine, make_session_factory
-from tests.helpers import translation_pairs, wait_until
+from tests.e2e.conftest import kill_after_first_checkpoint
+from tests.helpers import translation_pairs
 from tests.tiny_models import build_tiny_seq2seq
 
 pytestmark = pytest.mark.slow
@@ -23,20 +19,6 @@ GENERATION = {"max_new_tokens": 12}
 @pytest.fixture(scope="module")
 def t5_base(tmp_path_factory):
     return build_tiny_seq2seq(tmp_path_factory.mktemp("t5-base"), "t5")
-
-
-@pytest.fixture(scope="module")
-def database(system):
-    _client, settings, _stack = system
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-def saved_checkpoint(database, job_id: int) -> bool:
-    with database() as session:
-        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "log"))
-        return any(e.message.startswith("checkpoint saved") for e in events)
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +37,7 @@ def translator(system, database, t5_base, tmp_path_factory):
         "learning_rate": 3e-3, "save_steps": 30, "max_length": 32, "max_target_length": 32,
         "model_name": "tiny-translator", "validation_fraction": 0.1, "generation": GENERATION,
     }, task="translation")
-    wait_until(lambda: saved_checkpoint(database, job["id"]), timeout=180, message="the first checkpoint is saved")
-    with database() as session:
-        owner = session.get(Job, job["id"]).lease_owner
-    os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    kill_after_first_checkpoint(database, job["id"])
     return client, client.wait(job["id"], timeout=600), train
 
 
@@ -157,10 +136,7 @@ def test_text_generation_from_prompt_completion_pairs_killed_and_resumed(system,
         "base_model": str(base), "train_dataset_id": data["id"], "max_steps": 600, "batch_size": 16,
         "learning_rate": 3e-3, "save_steps": 30, "max_length": 24, "max_target_length": 16, "model_name": "tiny-lm",
     }, task="text-generation")
-    wait_until(lambda: saved_checkpoint(database, job["id"]), timeout=180, message="the first checkpoint is saved")
-    with database() as session:
-        owner = session.get(Job, job["id"]).lease_owner
-    os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    kill_after_first_checkpoint(database, job["id"])
     job = client.wait(job["id"], timeout=600)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2 and job["result"]["train"]["resumed_from_step"] >= 30

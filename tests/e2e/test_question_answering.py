@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
-from sqlalchemy import select
 
 from api.client import ApiError
-from db.models import Job, JobEvent
-from db.session import make_engine, make_session_factory
-from tests.helpers import qa_examples, wait_until
+from tests.e2e.conftest import kill_after_first_checkpoint
+from tests.helpers import qa_examples
 from tests.tiny_models import build_tiny_reader_base
 
 pytestmark = pytest.mark.slow
@@ -29,20 +25,6 @@ def squad_document(rows: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def database(system):
-    _client, settings, _stack = system
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-def saved_checkpoint(database, job_id: int) -> bool:
-    with database() as session:
-        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "log"))
-        return any(e.message.startswith("checkpoint saved") for e in events)
-
-
-@pytest.fixture(scope="module")
 def reader(system, database, tmp_path_factory):
     client, _settings, _stack = system
     folder = tmp_path_factory.mktemp("qa")
@@ -53,10 +35,7 @@ def reader(system, database, tmp_path_factory):
         "base_model": str(base), "train_dataset_id": train["id"], "max_steps": 800, "batch_size": 16,
         "learning_rate": 3e-3, "max_length": 64, "save_steps": 40, "model_name": "tiny-reader",
     }, task=TASK)
-    wait_until(lambda: saved_checkpoint(database, job["id"]), timeout=180, message="the first checkpoint is saved")
-    with database() as session:
-        owner = session.get(Job, job["id"]).lease_owner
-    os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    kill_after_first_checkpoint(database, job["id"])
     return client, client.wait(job["id"], timeout=600), train
 
 

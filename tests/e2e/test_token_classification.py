@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 
 import pytest
-from sqlalchemy import select
 
 from api.client import ApiError
-from db.models import Job, JobEvent
-from db.session import make_engine, make_session_factory
-from tests.helpers import ner_sentences, wait_until, write_conll
+from tests.e2e.conftest import kill_after_first_checkpoint
+from tests.helpers import ner_sentences, write_conll
 from tests.tiny_models import build_tiny_tagger_base
 
 pytestmark = pytest.mark.slow
@@ -27,25 +23,6 @@ def tagger_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def database(system):
-    _client, settings, _stack = system
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-def job_row(database, job_id: int) -> Job:
-    with database() as session:
-        return session.get(Job, job_id)
-
-
-def checkpoint_saved(database, job_id: int) -> bool:
-    with database() as session:
-        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "log"))
-        return any(e.message.startswith("checkpoint saved") for e in events)
-
-
-@pytest.fixture(scope="module")
 def trained(system, database, tagger_base, tmp_path_factory):
     """Fine-tune a tagger from a CoNLL upload, killing its process once after the first checkpoint."""
     client, _settings, _stack = system
@@ -56,8 +33,7 @@ def trained(system, database, tagger_base, tmp_path_factory):
         "learning_rate": 5e-3, "logging_steps": 20, "save_steps": 25, "model_name": "tiny-ner", "max_length": 32,
     }, task=TASK)
     # Many steps, so that no machine finishes before the kill; the resumed attempt does the rest.
-    wait_until(lambda: checkpoint_saved(database, job["id"]), timeout=180, message="the first checkpoint is saved")
-    os.kill(int(job_row(database, job["id"]).lease_owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    kill_after_first_checkpoint(database, job["id"])
     return client, client.wait(job["id"], timeout=600), train
 
 
