@@ -91,6 +91,26 @@ def test_predictor_returns_entity_spans_of_the_raw_text(trained):
     assert results[2] == {"row": 2, "entities": []}
 
 
+def test_a_text_longer_than_the_model_takes_is_tagged_to_its_last_word(trained):
+    model, _outcome = trained
+    sentences = ner_sentences(30, seed=21)
+    text = " ".join(" ".join(tokens) for tokens, _tags in sentences)
+    expected = []
+    for tokens, tags in sentences:
+        for token, tag in zip(tokens, tags):
+            if tag.startswith("B-"):
+                expected.append([tag[2:], token])
+            elif tag.startswith("I-"):
+                expected[-1][1] += " " + token
+    predictor = ner.Predictor(str(model), max_length=32, batch_tokens=512, max_batch_size=8)
+    assert len(predictor.tokenizer(text)["input_ids"]) > 3 * 32  # several windows, not one
+
+    entities = predictor.predict_chunk([(0, text)])[0]["entities"]
+
+    assert [[e["type"], e["text"]] for e in entities] == expected
+    assert all(text[e["start"]:e["end"]] == e["text"] for e in entities)
+
+
 def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(tagger_base, tmp_path):
     train = write_tagged(tmp_path / "train.jsonl", 80, seed=2)
     params = params_for(tagger_base, max_steps=30, save_steps=10)

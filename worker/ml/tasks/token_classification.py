@@ -3,7 +3,8 @@
 Training data is one sentence per row, its words and their BIO/IOB2 tags (a CoNLL column file or
 JSON Lines with token and tag lists), checked at upload. A word's tag is learnt and predicted on
 its first word piece. Batch inference takes raw text, splits it into words with their character
-offsets, and returns the entities it finds as spans of that text.
+offsets, and returns the entities it finds as spans of that text; a text longer than the model
+takes is tagged in overlapping windows.
 
 torch, transformers and seqeval are imported inside functions so that importing this module stays
 cheap for the API, which uses its row schema.
@@ -38,6 +39,7 @@ from worker.params import (
 )
 
 TASK = "token-classification"
+WINDOW_STRIDE = 32  # word pieces shared by consecutive windows of a long text
 ROLES = {"tokens": "tokens", "tags": "tags"}  # role -> default column of labelled data
 INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
@@ -213,28 +215,47 @@ def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
 def _predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_length: int, batch_tokens: int,
                        max_batch_size: int, on_batch=None) -> list[list[tuple[str, float]]]:
-    """Return (tag, probability) for every word of every sentence; words cut off by max_length get O."""
+    """Return (tag, probability) for every word of every sentence, however long the sentence.
+
+    A sentence longer than `max_length` word pieces is cut into overlapping windows (WINDOW_STRIDE
+    pieces shared by neighbours). A word seen by several windows takes the prediction of the one
+    where it sits farthest from an edge, so it is tagged with as much context on both sides as the
+    model's length allows; on a tie the earlier window wins, which also covers a window that starts
+    in the middle of a word (the word's first piece is in the window before).
+    """
     import torch
 
     label_names = label_names_of(model)
-    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
+    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
+                        stride=max(1, min(WINDOW_STRIDE, max_length // 4)), return_overflowing_tokens=True)
 
     def step(inputs, batch):
         probabilities = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
         best, index = probabilities.max(dim=-1)
-        rows = []
-        for position, example in enumerate(batch):
-            words: list[tuple[str, float]] = [(OUTSIDE, 0.0)] * len(sentences[example])
-            previous = None
-            for piece, word in enumerate(encoded.word_ids(example)):
-                if word is not None and word != previous:
-                    words[word] = (label_names[int(index[position, piece])], float(best[position, piece]))
-                previous = word
-            rows.append(words)
-        return rows
+        windows = []
+        for position, window in enumerate(batch):
+            word_ids = encoded.word_ids(window)
+            content = [piece for piece, word in enumerate(word_ids) if word is not None]
+            first, last = (content[0], content[-1]) if content else (0, 0)
+            seen, predictions = set(), []
+            for piece, word in enumerate(word_ids):
+                if word is None or word in seen:
+                    continue
+                seen.add(word)
+                tag = (label_names[int(index[position, piece])], float(best[position, piece]))
+                predictions.append((word, min(piece - first, last - piece), tag))
+            windows.append(predictions)
+        return windows
 
-    return map_batches(model, tokenizer, encoded, step=step, batch_tokens=batch_tokens,
-                       max_batch_size=max_batch_size, on_batch=on_batch)
+    windows = map_batches(model, tokenizer, encoded, step=step, batch_tokens=batch_tokens,
+                          max_batch_size=max_batch_size, on_batch=on_batch)
+    tagged = [[(OUTSIDE, 0.0)] * len(words) for words in sentences]  # a word with no pieces stays O
+    centrality = [[-1] * len(words) for words in sentences]
+    for sentence, predictions in zip(encoded["overflow_to_sample_mapping"], windows):
+        for word, distance_to_edge, tag in predictions:
+            if distance_to_edge > centrality[sentence][word]:
+                centrality[sentence][word], tagged[sentence][word] = distance_to_edge, tag
+    return tagged
 
 
 # ---- fine-tune and evaluate -----------------------------------------------------------------------
