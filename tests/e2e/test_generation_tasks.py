@@ -1,4 +1,4 @@
-"""Translation and summarization end to end: upload, fine-tune (killed once and resumed), evaluate, batch generation."""
+"""Translation, summarization and text generation end to end: upload, fine-tune (killed once and resumed), evaluate, batch generation."""
 
 from __future__ import annotations
 
@@ -83,18 +83,22 @@ def test_translation_evaluate_and_batch_generation(translator, tmp_path):
     assert rows[0]["id"] == "d0" and all(isinstance(r["text"], str) for r in rows)
 
 
-def test_summarization_with_a_bart_style_model_on_jsonl_documents(system, tmp_path):
+def test_summarization_with_a_bart_style_model_on_jsonl_documents_killed_and_resumed(system, database, tmp_path):
     client, _settings, _stack = system
     base = build_tiny_seq2seq(tmp_path / "bart", "bart")
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"article": f"{s} and {s}", "headline": t}) + "\n"
                             for s, t in translation_pairs(80, seed=2)))
     data = client.upload_dataset(path, task="summarization", document_column="article", summary_column="headline")
-    job = client.wait(client.submit("finetune", {
-        "base_model": str(base), "train_dataset_id": data["id"], "max_steps": 20, "batch_size": 16,
-        "max_length": 48, "max_target_length": 32, "model_name": "tiny-summarizer", "generation": GENERATION,
-    }, task="summarization")["id"], timeout=300)
+    job = client.submit("finetune", {
+        "base_model": str(base), "train_dataset_id": data["id"], "max_steps": 200, "batch_size": 16,
+        "save_steps": 10, "max_length": 48, "max_target_length": 32, "model_name": "tiny-summarizer",
+        "generation": GENERATION,
+    }, task="summarization")
+    kill_after_first_checkpoint(database, job["id"])
+    job = client.wait(job["id"], timeout=600)
     assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["result"]["train"]["resumed_from_step"] >= 10
     assert set(job["result"]["metrics"]) >= {"rouge1", "rouge2", "rougeL"}
 
     evaluation = client.wait(client.submit("evaluate", {"model": "tiny-summarizer", "dataset_id": data["id"],
