@@ -1,4 +1,5 @@
-"""Translation, summarization and text generation end to end: upload, fine-tune (killed once and resumed), evaluate, batch generation."""
+"""Translation, summarization and text generation end to end: upload, fine-tune (killed once, resumed),
+evaluate, batch generation."""
 
 from __future__ import annotations
 
