@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY api api
 COPY worker worker
 COPY db db
+COPY nightshift nightshift
 RUN pip install --no-cache-dir '.[worker]'
 VOLUME /data
 EXPOSE 8080

@@ -8,7 +8,7 @@ from db.errors import Unauthorized
 from db.services.tenants import authenticate
 
 PUBLIC_ENDPOINTS = {"health.healthz", "health.openapi", "static"}
-TOKEN_COMMAND = "nightshift token --tenant NAME"  # api/cli.py's `token` subcommand
+TOKEN_COMMAND = "nightshift token --tenant NAME"  # nightshift/cli.py's `token` subcommand
 
 
 def register(app: Flask) -> None:

@@ -56,9 +56,9 @@ def minilm_path() -> str:
 @contextlib.contextmanager
 def running_stack(**overrides):
     """Start the one-machine stack in a temporary data dir; yield (client, settings)."""
-    from api.cli import ensure_local_token
-    from api.client import Client
-    from api.stack import Stack, free_port
+    from nightshift.cli import ensure_local_token
+    from nightshift.client import Client
+    from nightshift.stack import Stack, free_port
     from worker.config import Settings
 
     with tempfile.TemporaryDirectory(prefix="nightshift-bench-") as data_dir:

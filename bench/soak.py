@@ -27,9 +27,9 @@ from _soak import BASE_MODEL_PARAMS, Chaos, Outcome, job_plan, make_data, print_
 from soak_celery import run_celery
 from sqlalchemy import func, select
 
-from api.cli import ensure_local_token
-from api.client import Client
-from api.stack import Stack, free_port
+from nightshift.cli import ensure_local_token
+from nightshift.client import Client
+from nightshift.stack import Stack, free_port
 from db.models import Job, JobEvent, ModelArtifact
 from db.session import make_engine, make_session_factory
 from worker.config import Settings

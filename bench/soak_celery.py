@@ -22,7 +22,7 @@ from _soak import BASE_MODEL_PARAMS, Chaos, Outcome, job_plan, stop_processes
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from api.stack import EmbeddedRedis
+from nightshift.stack import EmbeddedRedis
 
 BENCH = REPO / "bench"
 DEFAULT_QUEUE = "celery"

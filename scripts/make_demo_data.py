@@ -1,9 +1,9 @@
-"""Write the demo datasets in api/demo/ from the project's own templates and phrase lists.
+"""Write the demo datasets in nightshift/demo_data/ from the project's own templates and phrase lists.
 
 Every sentence comes from the lists below, written for this project, so the files carry no
 third-party text. Output is deterministic: the same seeds always write the same bytes.
 
-    python scripts/make_demo_data.py [--out api/demo]
+    python scripts/make_demo_data.py [--out nightshift/demo_data]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ REVIEWS_SEED = 20240611
 DOCUMENTS_SEED = 7321
 REVIEWS_PER_LABEL = 300
 DOCUMENT_COUNT = 2000
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "api" / "demo"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "nightshift" / "demo_data"
 
 # Each kind of thing reviewed: singular subjects, opinions that only fit that kind, and
 # neutral context a reviewer might add.

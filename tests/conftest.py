@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from api.stack import EmbeddedRedis
+from nightshift.stack import EmbeddedRedis
 from db.base import Base
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory

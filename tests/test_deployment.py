@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from api.cli import _parser
+from nightshift.cli import _parser
 from worker.config import ENV_PREFIX, describe
 
 ROOT = Path(__file__).resolve().parent.parent

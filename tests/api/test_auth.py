@@ -7,7 +7,7 @@ import re
 import pytest
 from sqlalchemy import update
 
-from api.cli import _parser, cmd_token
+from nightshift.cli import _parser, cmd_token
 
 from db.base import utcnow
 from db.models import ApiToken

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from api.supervisor import Child, Supervisor
+from nightshift.supervisor import Child, Supervisor
 from tests.helpers import wait_until
 
 FAST = dict(first_delay=0.2, max_delay=0.8, poll=0.02)

@@ -15,9 +15,9 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from api.cli import ensure_local_token
-from api.client import Client
-from api.stack import EmbeddedRedis, Stack, free_port
+from nightshift.cli import ensure_local_token
+from nightshift.client import Client
+from nightshift.stack import EmbeddedRedis, Stack, free_port
 from db.enums import TERMINAL_STATUSES
 from db.models import InferenceChunk, Job, JobEvent
 from db.session import make_engine, make_session_factory

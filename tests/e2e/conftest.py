@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from api.cli import ensure_local_token
-from api.client import Client
-from api.stack import Stack, free_port
+from nightshift.cli import ensure_local_token
+from nightshift.client import Client
+from nightshift.stack import Stack, free_port
 from tests.conftest import create_postgres_database, drop_postgres_database
 from worker.config import Settings
 

@@ -16,8 +16,8 @@ import pytest
 import redis
 import requests
 
-from api.client import Client
-from api.stack import free_port
+from nightshift.client import Client
+from nightshift.stack import free_port
 from tests.helpers import wait_until, write_reviews
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def nightshift(tmp_path, *args: str, port: int = 0) -> subprocess.Popen:
            "NIGHTSHIFT_API_PORT": str(port or free_port()), "NIGHTSHIFT_API_WORKERS": "1"}
     for name in ("NIGHTSHIFT_DATABASE_URL", "NIGHTSHIFT_REDIS_URL"):
         env.pop(name, None)  # the embedded default: SQLite file and embedded Redis
-    return subprocess.Popen([sys.executable, "-m", "api.cli", *args], env=env, cwd=tmp_path,
+    return subprocess.Popen([sys.executable, "-m", "nightshift.cli", *args], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from api.client import ApiError
+from nightshift.client import ApiError
 from tests.e2e.conftest import kill_after_first_checkpoint
 from tests.helpers import translation_pairs
 from tests.tiny_models import build_tiny_seq2seq

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from api.client import ApiError
+from nightshift.client import ApiError
 from tests.e2e.conftest import kill_after_first_checkpoint
 from tests.helpers import qa_examples
 from tests.tiny_models import build_tiny_reader_base

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from api.client import ApiError
+from nightshift.client import ApiError
 from tests.e2e.conftest import kill_after_first_checkpoint
 from tests.helpers import ner_sentences, write_conll
 from tests.tiny_models import build_tiny_tagger_base

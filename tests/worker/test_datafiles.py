@@ -403,7 +403,7 @@ def test_large_csv_streams_in_bounded_memory(tmp_path):
 # The demo files the project ships
 
 
-DEMO = Path(__file__).resolve().parents[2] / "api" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "nightshift" / "demo_data"
 
 
 def test_demo_reviews_ingest_balanced(tmp_path):

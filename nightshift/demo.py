@@ -6,10 +6,10 @@ import collections
 import json
 from pathlib import Path
 
-from api.client import Client
+from nightshift.client import Client
 from worker.config import Settings
 
-DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_DIR = Path(__file__).parent / "demo_data"
 
 
 def run_demo(settings: Settings, token: str, *, base_model: str, epochs: float) -> dict:

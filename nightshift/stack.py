@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from api.supervisor import LOG_TAIL_LINES, Child, kill_group, log_tail
+from nightshift.supervisor import LOG_TAIL_LINES, Child, kill_group, log_tail
 from worker.config import Settings
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from api.client import ApiError
+    from nightshift.client import ApiError
 
     try:
         return args.func(args) or 0
@@ -97,7 +97,7 @@ def cmd_migrate(_args) -> int:
 
 
 def cmd_component(args) -> int:
-    from api.stack import api_command, beat_command, worker_command
+    from nightshift.stack import api_command, beat_command, worker_command
 
     settings = Settings.from_env()
     if args.component == "worker":
@@ -142,8 +142,8 @@ def _run_stack(work: Callable[[Settings, str], bool]) -> int:
     during start-up included, stops every process: they lead their own process groups and would
     not see a terminal's Ctrl-C themselves.
     """
-    from api.stack import Stack, StartupError
-    from api.supervisor import Supervisor
+    from nightshift.stack import Stack, StartupError
+    from nightshift.supervisor import Supervisor
 
     settings = Settings.from_env()
     stack = Stack(settings)
@@ -202,7 +202,7 @@ def _print_endpoints(settings: Settings, token: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    from api.demo_run import run_demo
+    from nightshift.demo import run_demo
 
     def demo(settings: Settings, token: str) -> bool:
         run_demo(settings, token, base_model=args.base_model, epochs=args.epochs)
@@ -216,7 +216,7 @@ def cmd_demo(args) -> int:
 
 # -- talking to a running API -----------------------------------------------------------------
 def _client():
-    from api.client import Client
+    from nightshift.client import Client
 
     settings = Settings.from_env()
     token = settings.token or _read_token(settings)
