@@ -1,8 +1,15 @@
-"""The job status machine."""
+"""The job status machine and the roles of API tokens."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+
+class TokenRole(StrEnum):
+    """What a bearer token may do: a member reads and writes, a viewer only reads."""
+
+    MEMBER = "member"
+    VIEWER = "viewer"
 
 
 class JobStatus(StrEnum):

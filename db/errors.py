@@ -45,3 +45,10 @@ class Unauthorized(ServiceError):
 
     http_status = 401
     code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """The token is valid but its role may not do this."""
+
+    http_status = 403
+    code = "forbidden"

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="print every setting with its default").set_defaults(func=cmd_config)
     token = sub.add_parser("token", help="create an API token for a tenant")
     token.add_argument("--tenant", default="default")
+    token.add_argument("--role", choices=["member", "viewer"], default="member",
+                       help="member: read and write; viewer: read only")
     token.set_defaults(func=cmd_token)
     _client_commands(sub)
     return parser
@@ -121,7 +123,7 @@ def cmd_token(args) -> int:
     settings = Settings.from_env()
     factory = make_session_factory(make_engine(settings.database_url))
     with factory() as session, session.begin():
-        print(issue_token(session, get_or_create_tenant(session, args.tenant)))
+        print(issue_token(session, get_or_create_tenant(session, args.tenant), role=args.role))
     return 0
 
 

@@ -136,11 +136,11 @@ def client(app):
     return app.test_client()
 
 
-def make_token(app, tenant: str) -> dict[str, str]:
-    """Create a tenant with a token; return the Authorization header for it."""
+def make_token(app, tenant: str, role: str = "member") -> dict[str, str]:
+    """Create a tenant (if new) with a token of `role`; return the Authorization header for it."""
     factory = app.extensions["nightshift"].session_factory
     with factory() as session, session.begin():
-        raw = issue_token(session, get_or_create_tenant(session, tenant))
+        raw = issue_token(session, get_or_create_tenant(session, tenant), role=role)
     return {"Authorization": f"Bearer {raw}"}
 
 

@@ -8,6 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.enums import TokenRole
 from db.models import ApiToken, Tenant
 
 TOKEN_PREFIX = "ns_"
@@ -28,10 +29,11 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def issue_token(session: Session, tenant: Tenant, *, name: str = "default", raw: str | None = None) -> str:
-    """Create a token for `tenant` and return its raw value (never stored)."""
+def issue_token(session: Session, tenant: Tenant, *, name: str = "default", raw: str | None = None,
+                role: TokenRole = TokenRole.MEMBER) -> str:
+    """Create a token for `tenant` with `role` and return its raw value (never stored)."""
     raw = raw or TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(tenant_id=tenant.id, name=name, token_hash=hash_token(raw)))
+    session.add(ApiToken(tenant_id=tenant.id, name=name, token_hash=hash_token(raw), role=TokenRole(role)))
     session.flush()
     return raw
 

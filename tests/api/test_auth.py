@@ -7,13 +7,13 @@ import re
 import pytest
 from sqlalchemy import update
 
-from nightshift.cli import _parser, cmd_token
-
 from db.base import utcnow
 from db.models import ApiToken
 from db.services.registry import record_evaluation, register_model
 from db.services.tenants import get_or_create_tenant
+from nightshift.cli import _parser, cmd_token
 from tests.api.helpers import API, UNLABELLED_CSV, assert_error, batch_body, dataset_ids, evaluate_body, upload
+from tests.conftest import make_token
 
 PROTECTED = [
     ("get", "/datasets"),
@@ -140,3 +140,38 @@ def test_registered_model_of_another_tenant_cannot_be_used(app, client, other_au
     dataset = upload(client, other_auth, UNLABELLED_CSV, "t.csv", text_column="review").get_json()
     response = client.post(f"{API}/jobs", headers=other_auth, json=batch_body(dataset["id"], "private"))
     assert_error(response, 422, "unknown_model", "params.model", "'private'")
+
+
+# -- viewer tokens ------------------------------------------------------------------------------
+def _write_routes(app) -> list[tuple[str, str]]:
+    """Every (method, path) of the JSON API that changes data, read from the app's URL map."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(API):
+            for method in sorted(rule.methods - {"GET", "HEAD", "OPTIONS"}):
+                routes.append((method, rule.rule.replace("<int:", "<").replace("<job_id>", "{job}")
+                               .replace("<dataset_id>", "{dataset}")))
+    return routes
+
+
+def test_a_viewer_reads_its_tenants_data_and_every_write_route_refuses_it(app, client, auth, labelled, queued_job):
+    viewer = make_token(app, "acme", role="viewer")
+    assert dataset_ids(client, viewer) == [labelled["id"]]
+    assert client.get(f"{API}/jobs/{queued_job['id']}", headers=viewer).get_json()["status"] == "queued"
+
+    routes = _write_routes(app)
+    assert {("POST", f"{API}/jobs"), ("POST", f"{API}/datasets"), ("DELETE", f"{API}/datasets/{{dataset}}"),
+            ("POST", f"{API}/jobs/{{job}}/cancel")} <= set(routes)
+    for method, path in routes:
+        url = path.format(job=queued_job["id"], dataset=labelled["id"])
+        response = client.open(url, method=method, headers=viewer, json={"kind": "evaluate"})
+        assert_error(response, 403, "forbidden", "read-only", "`nightshift token --tenant NAME`")
+
+    assert client.get(f"{API}/jobs/{queued_job['id']}", headers=auth).get_json()["status"] == "queued"
+    assert dataset_ids(client, auth) == [labelled["id"]]
+
+
+def test_the_cli_makes_viewer_tokens():
+    args = _parser().parse_args(["token", "--tenant", "acme", "--role", "viewer"])
+    assert (args.func, args.tenant, args.role) == (cmd_token, "acme", "viewer")
+    assert _parser().parse_args(["token"]).role == "member"
