@@ -14,10 +14,11 @@ from api import db_session, services
 from api.auth import tenant_id
 from api.openapi import parse_body, parse_query, spec
 from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, job_out
+from db.enums import JobStatus
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import Dataset, ModelArtifact
+from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
-from db.services.jobs import create_job, get_job, list_events, list_jobs, request_cancel
+from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, request_cancel
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
 from worker.ml.tasks import get_task, input_columns, untrained_for
@@ -279,6 +280,31 @@ def cancel(job_id: int):
     return jsonify(job_out(job)), 202
 
 
+@bp.post("/jobs/<int:job_id>/retry")
+@spec("Submit an ended job again as a new job: same kind, task, parameters and priority", response=JobOut,
+      status=202)
+def retry(job_id: int):
+    return jsonify(job_out(resubmit(job_id))), 202
+
+
+def resubmit(job_id: int) -> Job:
+    """Queue a new job like the tenant's ended job `job_id`, checked as a fresh submission would be
+    (its dataset may have been deleted since); the new job's first log line names the old one."""
+    session = db_session()
+    old = get_job(session, tenant_id(), job_id)
+    if not JobStatus(old.status).terminal:
+        raise Conflict(f"job {job_id} is {old.status}; only a job that has ended can be retried (cancel it first)",
+                       code="job_not_ended")
+    submission = JobIn.model_validate({"kind": old.kind, "task": old.task, "params": old.params,
+                                       "priority": old.priority}).root
+    datasets = _check_references(session, submission)
+    job, _created = _create(session, submission, None, datasets)
+    add_event(session, job.id, "log", f"retry of job {job_id}", data={"retry_of": job_id})
+    session.commit()
+    _publish_now(job.id)
+    return job
+
+
 @bp.get("/jobs/<int:job_id>/events")
 @spec("Poll a job's events (logs, metrics, status changes) after a cursor", query=EventQuery, response=EventList)
 def events(job_id: int):
@@ -294,6 +320,11 @@ def events(job_id: int):
 @bp.get("/jobs/<int:job_id>/output")
 @spec("Download a job's output (predictions JSONL; `?file=errors` for failed rows)", produces="application/x-ndjson")
 def output(job_id: int):
+    return send_output(job_id, errors=request.args.get("file") == "errors")
+
+
+def send_output(job_id: int, *, errors: bool = False):
+    """Stream the tenant's job output (or its error file) as a download, or say why there is none."""
     job = get_job(db_session(), tenant_id(), job_id)
     if job.kind != "batch_inference":
         raise Conflict(f"job {job_id} is a {job.kind} job; only batch_inference jobs have an output file",
@@ -301,7 +332,7 @@ def output(job_id: int):
     if job.status != "succeeded" or not job.output_path:
         raise Conflict(f"job {job_id} is {job.status}; its output is ready when it has succeeded", code="not_ready")
     path = Path(job.output_path)
-    if request.args.get("file") == "errors":
+    if errors:
         path = path.with_name("errors.jsonl")
     if not path.is_file():
         raise NotFound(f"the output file of job {job_id} is missing from storage", code="output_missing")

@@ -24,6 +24,7 @@ PROTECTED = [
     ("post", "/jobs"),
     ("get", "/jobs/1"),
     ("post", "/jobs/1/cancel"),
+    ("post", "/jobs/1/retry"),
     ("get", "/jobs/1/events"),
     ("get", "/jobs/1/output"),
     ("get", "/models"),

@@ -246,6 +246,32 @@ def test_cancel_a_queued_job_then_again(client, auth, queued_job):
     assert_error(client.post(url, headers=auth), 409, "job_finished", "cancelled")
 
 
+def test_retry_queues_an_ended_job_again_as_a_new_job(client, auth, queued_job, queue_length):
+    url = f"{API}/jobs/{queued_job['id']}/retry"
+    assert_error(client.post(url, headers=auth), 409, "job_not_ended", "queued", "cancel it first")
+    client.post(f"{API}/jobs/{queued_job['id']}/cancel", headers=auth)
+    before = queue_length(queued_job["queue"])
+
+    response = client.post(url, headers=auth)
+
+    assert response.status_code == 202
+    again = response.get_json()
+    assert again["id"] != queued_job["id"] and again["status"] == "queued"
+    assert {k: again[k] for k in ("kind", "task", "params", "priority")} == {
+        k: queued_job[k] for k in ("kind", "task", "params", "priority")}
+    events = client.get(f"{API}/jobs/{again['id']}/events", headers=auth).get_json()["items"]
+    assert [e["message"] for e in events if e["type"] == "log"] == [f"retry of job {queued_job['id']}"]
+    assert queue_length(queued_job["queue"]) == before + 1  # published like a new submission
+
+
+def test_retry_of_a_job_whose_dataset_is_gone_is_refused_like_a_new_submission(client, auth, queued_job):
+    client.post(f"{API}/jobs/{queued_job['id']}/cancel", headers=auth)
+    dataset_id = queued_job["params"]["dataset_id"]
+    assert client.delete(f"{API}/datasets/{dataset_id}", headers=auth).status_code == 204
+    response = client.post(f"{API}/jobs/{queued_job['id']}/retry", headers=auth)
+    assert_error(response, 422, "dataset_not_found", "params.dataset_id")
+
+
 def test_events_show_queued_and_cancelled_and_page_with_after(client, auth, queued_job):
     url = f"{API}/jobs/{queued_job['id']}/events"
     client.post(f"{API}/jobs/{queued_job['id']}/cancel", headers=auth)
@@ -267,6 +293,7 @@ def test_unknown_job_is_404(client, auth):
     for url in (f"{API}/jobs/999", f"{API}/jobs/999/events", f"{API}/jobs/999/output", f"{API}/jobs/{2**70}"):
         assert_error(client.get(url, headers=auth), 404, "job_not_found")
     assert_error(client.post(f"{API}/jobs/999/cancel", headers=auth), 404, "job_not_found", "999")
+    assert_error(client.post(f"{API}/jobs/999/retry", headers=auth), 404, "job_not_found", "999")
 
 
 def test_output_of_an_unfinished_job_is_409(client, auth, three_jobs):
