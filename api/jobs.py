@@ -259,8 +259,8 @@ def _architectures(path: Path) -> list[str]:
 @spec("List jobs, newest first", query=JobListQuery, response=JobList)
 def list_all():
     query = parse_query(JobListQuery)
-    jobs = list_jobs(db_session(), tenant_id(), status=query.status, kind=query.kind,
-                     before_id=query.cursor, limit=query.limit)
+    jobs = list_jobs(db_session(), tenant_id(), status=query.status, kind=query.kind, task=query.task,
+                     model=query.model, search=query.q, before_id=query.cursor, limit=query.limit)
     next_cursor = jobs[-1].id if len(jobs) == query.limit else None
     return jsonify({"items": [job_out(j) for j in jobs], "next_cursor": next_cursor})
 

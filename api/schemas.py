@@ -147,6 +147,9 @@ class JobList(BaseModel):
 class JobListQuery(_In):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
     kind: Literal["finetune", "evaluate", "batch_inference"] | None = None
+    task: Literal[TASKS] | None = None  # type: ignore[valid-type]
+    model: str | None = Field(default=None, max_length=200, description="Jobs that use or register this model name.")
+    q: str | None = Field(default=None, max_length=200, description="Text in the job's parameters or error.")
     cursor: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="`next_cursor` of the previous page.")
     limit: int = Field(default=50, ge=1, le=200)
 

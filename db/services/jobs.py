@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, and_, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -119,18 +119,46 @@ def list_jobs(
     *,
     status: str | None = None,
     kind: str | None = None,
+    task: str | None = None,
+    model: str | None = None,
+    search: str | None = None,
     before_id: int | None = None,
     limit: int = 50,
 ) -> list[Job]:
-    """Return the tenant's jobs newest first, `limit` of them from below `before_id`."""
+    """Return the tenant's jobs newest first, `limit` of them from below `before_id`.
+
+    `model` matches the model a job uses or registers (`params.model`, `params.model_name` or
+    `params.base_model`); `search` is a case-insensitive substring of the parameters or the error.
+    Both scan the tenant's jobs newest first and stop at `limit` matches.
+    """
     query = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         query = query.where(Job.status == status)
     if kind:
         query = query.where(Job.kind == kind)
+    if task:
+        query = query.where(Job.task == task)
+    if model:
+        query = query.where(or_(*(Job.params[key].as_string() == model
+                                  for key in ("model", "model_name", "base_model"))))
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(or_(cast(Job.params, Text).ilike(pattern, escape="\\"),
+                                Job.error_message.ilike(pattern, escape="\\")))
     if before_id:
         query = query.where(Job.id < before_id)
     return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """Return 1 for the queued job that a worker of its queue takes next, 2 for the one after, ...
+    (higher priority first, then oldest first, across tenants); None unless the job is queued."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    ahead = session.scalar(select(func.count()).select_from(Job).where(
+        Job.queue == job.queue, Job.status == JobStatus.QUEUED,
+        or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id))))
+    return ahead + 1
 
 
 def add_event(

@@ -218,6 +218,33 @@ def test_list_filters_by_status_and_kind(client, auth, three_jobs):
     assert _job_ids(client, auth, "?status=succeeded") == []
 
 
+def test_list_filters_by_task_model_and_text(client, auth, labelled, unlabelled, tiny_model):
+    finetune = submit(client, auth, finetune_body(labelled["id"], tiny_model, model_name="spam-filter"))["id"]
+    batch = submit(client, auth, batch_body(unlabelled["id"], tiny_model))["id"]
+    assert _job_ids(client, auth, "?task=text-classification") == [batch, finetune]
+    assert _job_ids(client, auth, "?task=translation") == []
+    assert _job_ids(client, auth, "?model=spam-filter") == [finetune]
+    assert _job_ids(client, auth, f"?model={tiny_model}") == [batch, finetune]  # base_model and model
+    assert _job_ids(client, auth, "?q=SPAM-F") == [finetune]  # any case
+    assert _job_ids(client, auth, "?q=spam_filter") == []  # _ and % are literal characters
+    assert _job_ids(client, auth, "?q=100%25") == []
+    assert_error(client.get(f"{API}/jobs?task=poetry", headers=auth), 422, "invalid_input", "task")
+
+
+def test_queue_position_counts_higher_priority_then_older_jobs(app, client, auth, labelled, tiny_model):
+    from db.models import Job
+    from db.services.jobs import queue_position
+
+    low, high, later_high = (submit(client, auth, evaluate_body(labelled["id"], tiny_model) | {"priority": p})["id"]
+                             for p in (2, 8, 8))
+    with app.extensions["nightshift"].session_factory() as session:
+        positions = [queue_position(session, session.get(Job, job_id)) for job_id in (high, later_high, low)]
+    assert positions == [1, 2, 3]
+    client.post(f"{API}/jobs/{high}/cancel", headers=auth)
+    with app.extensions["nightshift"].session_factory() as session:
+        assert [queue_position(session, session.get(Job, j)) for j in (high, later_high, low)] == [None, 1, 2]
+
+
 def test_list_pages_newest_first(client, auth, three_jobs):
     first = client.get(f"{API}/jobs?limit=2", headers=auth).get_json()
     second = client.get(f"{API}/jobs?limit=2&cursor={first['next_cursor']}", headers=auth).get_json()
