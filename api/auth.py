@@ -12,7 +12,7 @@ from db.enums import TokenRole
 from db.errors import Forbidden, Unauthorized
 from db.services.tenants import authenticate
 
-PUBLIC_ENDPOINTS = {"health.healthz", "health.openapi", "static"}
+PUBLIC_ENDPOINTS = {"health.healthz", "health.openapi"}
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 TOKEN_COMMAND = "nightshift token --tenant NAME"  # nightshift/cli.py's `token` subcommand
 

@@ -1,10 +1,12 @@
-"""One JSON error body for every failure: `{"error": {"code", "message", "details"}}`."""
+"""One JSON error body for every failure of the API: `{"error": {"code", "message", "details"}}`;
+the dashboard's pages get the same message on an HTML page."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -16,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str, details=None):
-    """Return a Flask response carrying the standard error body."""
+    """Return a Flask response carrying the standard error body (an error page outside the API)."""
+    from api import API_PREFIX
+
+    if not request.path.startswith(API_PREFIX):
+        name = code.replace("_", " ").capitalize()
+        return render_template("error.html", code=status, name=name, message=message), status
     body = {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
     return jsonify(body), status
 
@@ -45,6 +52,10 @@ def register_error_handlers(app: Flask) -> None:
             f"the upload is larger than the {limit} byte limit (NIGHTSHIFT_MAX_UPLOAD_BYTES); split the file",
             {"limit_bytes": limit},
         )
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc: CSRFError):
+        return error_response(400, "csrf_failed", f"{exc.description} Reload the page and submit the form again.")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
