@@ -71,10 +71,11 @@ def _client_commands(sub) -> None:
     submit = sub.add_parser("submit", help="submit a job: nightshift submit finetune base_model=... train_dataset_id=1")
     submit.add_argument("kind", choices=["finetune", "evaluate", "batch_inference"])
     submit.add_argument("params", nargs="*", help="key=value (values parsed as JSON when they can be)")
+    submit.add_argument("--task", help="text-classification (default), token-classification, translation, ...")
     submit.add_argument("--wait", action="store_true")
     submit.set_defaults(func=cmd_submit)
     for name, helptext in (("status", "show a job"), ("watch", "follow a job's events until it ends"),
-                           ("cancel", "cancel a job")):
+                           ("cancel", "cancel a job"), ("retry", "submit an ended job again as a new job")):
         command = sub.add_parser(name, help=helptext)
         command.add_argument("job_id", type=int)
         command.set_defaults(func=globals()[f"cmd_{name}"])
@@ -196,6 +197,7 @@ def ensure_local_token(settings: Settings) -> str:
 
 
 def _print_endpoints(settings: Settings, token: str) -> None:
+    print(f"dashboard  {settings.base_url}/   (log in with the token below)")
     print(f"API        {settings.base_url}/api/v1   (OpenAPI: {settings.base_url}/api/v1/openapi.json)")
     print(f"token      {token}   (also in {Path(settings.data_dir).resolve() / TOKEN_FILE})")
     print(f"database   {settings.database_url}")
@@ -253,11 +255,16 @@ def cmd_submit(args) -> int:
         except ValueError:
             params[key] = value
     client = _client()
-    job = client.submit(args.kind, params)
+    job = client.submit(args.kind, params, **({"task": args.task} if args.task else {}))
     if args.wait:
         job = client.wait(job["id"], on_event=lambda e: print(f"  {e['type']:7} {e['message']} {e['data'] or ''}"))
     _print(job)
     return 0 if job["status"] != "failed" else 1
+
+
+def cmd_retry(args) -> int:
+    _print(_client().retry(args.job_id))
+    return 0
 
 
 def cmd_status(args) -> int:

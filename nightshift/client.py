@@ -66,6 +66,10 @@ class Client:
         """Ask for a job to stop: a queued job ends at once, a running one at its next step."""
         return self.request("POST", f"/jobs/{job_id}/cancel")
 
+    def retry(self, job_id: int) -> dict:
+        """Submit an ended job again as a new job; return the new job."""
+        return self.request("POST", f"/jobs/{job_id}/retry")
+
     def wait(self, job_id: int, *, timeout: float = 3600.0, poll: float = 1.0, on_event=None) -> dict:
         """Poll a job until it ends, passing each new event to `on_event`."""
         deadline, cursor = time.monotonic() + timeout, 0

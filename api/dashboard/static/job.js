@@ -51,7 +51,10 @@
         for (const item of page.items) add(item.step, item.data);
         cursor = page.next_cursor;
         if (page.items.length) {
-          Object.values(charts).forEach((chart) => chart.update());
+          Object.values(charts).forEach((chart) => {
+            chart.canvas.closest("figure").hidden = chart.data.datasets.length === 0;
+            chart.update();
+          });
           document.getElementById("charts-empty").hidden = true;
           box.dataset.points = String(series.size ? [...series.values()].reduce((n, s) => n + s.dataset.data.length, 0) : 0);
         }
@@ -60,7 +63,12 @@
       // The live panel tells us when the job has ended; poll once more after that, then stop.
       const status = document.querySelector("#job-live [data-testid=status]");
       const done = status && ["succeeded", "failed", "cancelled"].includes(status.textContent.trim());
-      if (!(ended && done)) { ended = done; setTimeout(poll, 2000); }
+      if (done && box.dataset.ended !== "true") {
+        location.reload(); // the job ended while we watched: load its evaluation and downloads
+      } else if (!(ended && done)) {
+        ended = done;
+        setTimeout(poll, 2000);
+      }
     }
   }
   poll();
