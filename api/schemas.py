@@ -204,6 +204,18 @@ class EvaluationOut(_Out):
     created_at: UtcDatetime
 
 
+class EvaluationList(BaseModel):
+    items: list[EvaluationOut]
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null on the last one.")
+
+
+class EvaluationListQuery(_In):
+    model: str | None = Field(default=None, max_length=200, description="A registered name (every version) or name:version.")
+    dataset_id: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
+    cursor: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="`next_cursor` of the previous page.")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: str

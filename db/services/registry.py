@@ -84,6 +84,24 @@ def get_evaluation(session: Session, tenant_id: int, evaluation_id: int) -> Eval
     return evaluation
 
 
+def list_evaluations(session: Session, tenant_id: int, *, model: str | None = None, dataset_id: int | None = None,
+                     before_id: int | None = None, limit: int = 50) -> list[Evaluation]:
+    """Return the tenant's evaluations newest first; `model` is a registered name (every version) or
+    `name:version`, `dataset_id` the evaluated dataset."""
+    query = select(Evaluation).where(Evaluation.tenant_id == tenant_id)
+    if model:
+        name, _, version = model.partition(":")
+        versions = select(ModelArtifact.id).where(ModelArtifact.tenant_id == tenant_id, ModelArtifact.name == name)
+        if version:
+            versions = versions.where(ModelArtifact.version == (int(version) if version.isdecimal() else -1))
+        query = query.where(Evaluation.model_artifact_id.in_(versions))
+    if dataset_id is not None:
+        query = query.where(Evaluation.dataset_id == dataset_id)
+    if before_id:
+        query = query.where(Evaluation.id < before_id)
+    return list(session.scalars(query.order_by(Evaluation.id.desc()).limit(limit)))
+
+
 def record_evaluation(session: Session, **fields: Any) -> Evaluation:
     """Store an evaluation's metrics."""
     evaluation = Evaluation(**fields)
