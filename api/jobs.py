@@ -38,6 +38,15 @@ def submit():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise InvalidInput(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters", code="bad_idempotency_key")
+    job, created = create_submission(submission, key)
+    return jsonify(job_out(job)), 202 if created else 200
+
+
+def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
+    """Check a parsed submission (`JobIn.root`), insert its job and publish it; return (job, created).
+
+    The API's POST /jobs and the dashboard's new-job form both submit through here.
+    """
     session = db_session()
     datasets = _check_references(session, submission)
     try:
@@ -48,7 +57,7 @@ def submit():
         job, created = _create(session, submission, key, datasets)
     if created:
         _publish_now(job.id)
-    return jsonify(job_out(job)), 202 if created else 200
+    return job, created
 
 
 def _create(session: Session, submission, key: str | None, datasets: list[tuple[int, str]]):
