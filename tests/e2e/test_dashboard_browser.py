@@ -93,9 +93,25 @@ def test_the_dashboard_in_a_browser(browser, dashboard, database, tiny_model, tm
     train = client.upload_dataset(write_reviews(tmp_path / "train.csv", 200, seed=1), label_column="label")
     long_run = client.submit("finetune", {"base_model": str(tiny_model), "train_dataset_id": train["id"],
                                           "max_steps": 1_000_000, "logging_steps": 5, "save_steps": 1_000_000})
-    short_run = client.submit("finetune", {"base_model": str(tiny_model), "train_dataset_id": train["id"],
-                                           "max_steps": 60, "logging_steps": 5, "model_name": "browser-sentiment"})
     page = new_page(browser, base_url, token)
+
+    # A second fine-tune through the new-job form: a wrong value is named beside its field first.
+    page.click("[data-testid=new-job-link]")
+    page.select_option("select[name=kind]", "finetune")
+    page.fill("#f-base_model", str(tiny_model))
+    page.select_option("#f-train_dataset_id", str(train["id"]))
+    page.fill("#f-max_steps", "-60")
+    page.fill("#f-logging_steps", "5")
+    page.fill("#f-model_name", "browser-sentiment")
+    page.click("[data-testid=submit-job]")
+    expect(page.locator("[data-testid=error-max_steps]")).to_contain_text("greater than")
+    shoot(page, "new-job-error")
+    page.fill("#f-max_steps", "60")
+    page.click("[data-testid=submit-job]")
+    expect(page.locator("h1")).to_contain_text("finetune")
+    short_run = client.job(int(page.url.rsplit("/", 1)[1]))
+    assert short_run["params"]["max_steps"] == 60 and short_run["params"]["model_name"] == "browser-sentiment"
+    page.goto("/jobs")
 
     # The jobs page lists both, newest first, and follows the long run into "running" without a reload.
     rows = page.locator("table.jobs tbody tr")
