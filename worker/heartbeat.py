@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import psutil
 from sqlalchemy.exc import DBAPIError
@@ -32,7 +33,8 @@ MIB = 1 << 20
 
 
 def start_heartbeat(name: str, queues: list[str], settings: Settings) -> threading.Thread:
-    """Start the daemon thread that records this worker's heartbeat now and every heartbeat_seconds."""
+    """Start the daemon thread that records this worker's heartbeat now and every heartbeat_seconds
+    (it ends with the process)."""
     device = describe_device(os.environ)
     factory = sessionmaker(make_engine(settings.database_url, poolclass=NullPool))
     host, pid = socket.gethostname(), os.getpid()
@@ -45,9 +47,8 @@ def start_heartbeat(name: str, queues: list[str], settings: Settings) -> threadi
                     record_heartbeat(session, name, host, pid, queues, device, pool_pids=pool_pids)
             except DBAPIError as exc:  # the page shows the worker stale until a beat gets through
                 log.warning("worker heartbeat not recorded (%s); trying again in %s s", exc, settings.heartbeat_seconds)
-            stop.wait(settings.heartbeat_seconds)
+            time.sleep(settings.heartbeat_seconds)
 
-    stop = threading.Event()  # never set: the thread ends with the process
     thread = threading.Thread(target=beat, name="worker-heartbeat", daemon=True)
     thread.start()
     return thread

@@ -48,7 +48,8 @@ def _datasets_page(form: MultiDict, errors: dict[str | None, str]):
                          limit=PAGE_SIZE + 1)
     return render_template("datasets.html", datasets=rows[:PAGE_SIZE], cursor=cursor,
                            next_cursor=rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None,
-                           form=form, errors=errors, more_open=_other_roles_used(form, errors), tasks=TASKS, formats=FORMATS, role_fields=ROLE_FIELDS,
+                           form=form, errors=errors, more_open=_other_roles_used(form, errors), tasks=TASKS,
+                           formats=FORMATS, role_fields=ROLE_FIELDS,
                            task_roles={task: list(get_task(task).ROLES) for task in TASKS})
 
 

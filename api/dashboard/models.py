@@ -33,7 +33,8 @@ def model(name: str):
     if not versions:
         abort(404, f"no model named '{name}'")
     evaluations = list_evaluations(db_session(), g.tenant_id, model=name, limit=100)
-    return render_template("model.html", name=name, versions=versions, metric_names=_columns(m.metrics for m in versions),
+    return render_template("model.html", name=name, versions=versions,
+                           metric_names=_columns(m.metrics for m in versions),
                            evaluations=evaluations, eval_names=_columns(e.metrics for e in evaluations))
 
 
@@ -41,7 +42,8 @@ def model(name: str):
 def compare():
     refs = {side: request.args.get(side, "").strip() for side in ("a", "b")}
     dataset_id = request.args.get("dataset", type=int)
-    page = {"refs": refs, "dataset_id": dataset_id, "names": sorted({m.name for m in list_models(db_session(), g.tenant_id)}),
+    page = {"refs": refs, "dataset_id": dataset_id,
+            "names": sorted({m.name for m in list_models(db_session(), g.tenant_id)}),
             "datasets": list_datasets(db_session(), g.tenant_id, limit=PICKER_DATASETS)}
     if not (refs["a"] and refs["b"] and dataset_id):
         return render_template("compare.html", **page)

@@ -33,7 +33,8 @@ def fake_nvidia_smi(tmp_path, monkeypatch):
 
 def test_the_device_is_the_visible_gpus_by_index_or_uuid(fake_nvidia_smi):
     assert describe_device({"CUDA_VISIBLE_DEVICES": "GPU-9a8b7c6d-aaaa-bbbb-cccc-ddddeeeeffff"}) == {
-        "kind": "cuda", "name": "NVIDIA A100-SXM4-40GB", "count": 1, "cores": os.cpu_count(), "memory_bytes": 40960 << 20}
+        "kind": "cuda", "name": "NVIDIA A100-SXM4-40GB", "count": 1, "cores": os.cpu_count(),
+        "memory_bytes": 40960 << 20}
     both = describe_device({})
     assert both["count"] == 2 and both["memory_bytes"] == (81559 + 40960) << 20
     assert describe_device({"CUDA_VISIBLE_DEVICES": "0"})["name"] == "NVIDIA H100 80GB HBM3"
