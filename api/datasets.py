@@ -48,13 +48,19 @@ COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_colum
 @bp.post("/datasets")
 @spec("Upload a dataset", response=DatasetOut, status=201, multipart=UPLOAD_FIELDS)
 def upload_dataset():
-    upload = request.files.get("file")
+    dataset = store_upload(request.files, request.form)
+    return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json")), 201
+
+
+def store_upload(files, form) -> Dataset:
+    """Check and store the tenant's upload (`files` and `form` as in a multipart request); return the
+    committed dataset or raise InvalidInput saying what to fix (the dashboard's upload form uses it too)."""
+    upload = files.get("file")
     if upload is None:
         raise InvalidInput("send the file as multipart/form-data in a field named 'file'", code="file_missing")
-    form = request.form
     name = _form_value((form.get("name") or Path(upload.filename or "dataset").name)[:200], "name")
     task, schema = _row_schema(form)
-    target = request.files.get("target_file")
+    target = files.get("target_file")
     if target is not None and len(schema.columns) < 2:
         raise InvalidInput("target_file pairs with file for a task of two texts (task=translation); add "
                            "task=... or upload one file", code="target_file_unexpected")
@@ -64,8 +70,7 @@ def upload_dataset():
                                                                    by_extension)
     except DataFileError as exc:
         raise InvalidInput(exc.message, code=exc.code, details=exc.details) from None
-    dataset = _store(upload, name=name, fmt=fmt, task=task, schema=schema, target=target)
-    return jsonify(DatasetOut.model_validate(dataset).model_dump(mode="json")), 201
+    return _store(upload, name=name, fmt=fmt, task=task, schema=schema, target=target)
 
 
 def _row_schema(form) -> tuple[str | None, RowSchema]:
@@ -175,8 +180,15 @@ def get_one(dataset_id: int):
 @bp.delete("/datasets/<int:dataset_id>")
 @spec("Delete a dataset (refused while an unfinished job reads it)", status=204)
 def delete_one(dataset_id: int):
+    remove_dataset(dataset_id)
+    return "", 204
+
+
+def remove_dataset(dataset_id: int) -> Dataset:
+    """Delete the tenant's dataset and its file, or raise Conflict while an unfinished job reads it
+    (the dashboard's Delete button uses it too)."""
     session = db_session()
     dataset = delete_dataset(session, tenant_id(), dataset_id)
     session.commit()
     Path(dataset.path).unlink(missing_ok=True)
-    return "", 204
+    return dataset

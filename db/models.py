@@ -222,3 +222,21 @@ class InferenceChunk(Base):
     path: Mapped[str] = mapped_column(String(1000))
     epoch: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A Celery worker (its main process), as its last heartbeat described it; shared by all tenants."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # Celery's hostname, e.g. gpu@host
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # {"kind": "cuda" | "cpu", "name", "memory_bytes", "cores"}; what the worker could tell cheaply.
+    device: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # The pool processes' pids at the last heartbeat: a job's lease_owner is "<host>:<pool pid>".
+    pool_pids: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import beat_init, worker_process_init, worker_shutting_down
+from celery.signals import beat_init, worker_process_init, worker_ready, worker_shutting_down
 
 from worker.config import Settings
 
@@ -58,6 +58,15 @@ def _init_process(**_kwargs) -> None:
     state.configure_offline()
     state.install_shutdown_handler()
     gpus.pin_pool_process()  # one GPU per pool process, before any job imports torch
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **_kwargs) -> None:
+    # In the main process, once the consumer runs: the workers page shows this worker from now on.
+    from worker import state
+    from worker.heartbeat import start_heartbeat
+
+    start_heartbeat(sender.hostname, sorted(sender.app.amqp.queues.consume_from), state.settings())
 
 
 @worker_shutting_down.connect

@@ -53,3 +53,15 @@ def delete_dataset(session: Session, tenant_id: int, dataset_id: int) -> Dataset
     dataset.deleted_at = utcnow()
     session.flush()
     return dataset
+
+
+def jobs_using(session: Session, tenant_id: int, dataset_id: int, *, limit: int = 100) -> list[tuple[Job, str]]:
+    """Return the tenant's jobs that read the dataset, newest first, each with the dataset's role in it."""
+    query = (
+        select(Job, JobDataset.role)
+        .join(JobDataset, JobDataset.job_id == Job.id)
+        .where(JobDataset.dataset_id == dataset_id, Job.tenant_id == tenant_id)
+        .order_by(Job.id.desc())
+        .limit(limit)
+    )
+    return [(job, role) for job, role in session.execute(query)]

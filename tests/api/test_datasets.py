@@ -58,8 +58,8 @@ def test_upload_each_format_with_column_mapping(client, auth, data_dir, filename
     assert dataset["sha256"] == hashlib.sha256(content).hexdigest()
     assert dataset["stats"]["label_distribution"] == {"business": 2, "sport": 1}
     assert dataset["created_at"].endswith("Z")
-    [stored] = files_under(data_dir)
-    canonical = (data_dir / stored).read_text(encoding="utf-8").splitlines()
+    [stored] = files_under(data_dir / "datasets")
+    canonical = (data_dir / "datasets" / stored).read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in canonical] == ROWS
 
 
