@@ -25,12 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except ApiError as exc:  # one line, never a traceback: what the API said to fix
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        print(_one_line(f"error: {exc.code}: {exc.message}"), file=sys.stderr)
     except (NightshiftError, CliError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_one_line(f"error: {exc}"), file=sys.stderr)
     except KeyboardInterrupt:
         return 130
     return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -70,7 +70,7 @@ class Client:
         response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             raise _api_error(response)
-        return response.json() if response.content else None
+        return _json(response) if response.content else None
 
     def _send(self, method: str, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
@@ -80,6 +80,8 @@ class Client:
             raise ConnectionFailed(self.url, _reason(exc)) from None
         except requests.Timeout:
             raise ConnectionFailed(self.url, f"no answer within {kwargs['timeout']:.0f}s") from None
+        except requests.RequestException as exc:  # a malformed URL, a redirect loop, ...
+            raise ConnectionFailed(self.url, str(exc)) from None
 
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[Body]:
         """Yield every item of a paged list, following `next_cursor` to the last page."""
@@ -97,7 +99,7 @@ class Client:
         response = self._send("GET", "/healthz")
         if response.status_code not in (200, 503):  # 503 carries the same body: what is down
             raise _api_error(response)
-        return response.json()
+        return _json(response)
 
     def openapi(self) -> Body:
         """Return the OpenAPI 3 document of the API."""
@@ -224,9 +226,13 @@ class Client:
             if response.status_code >= 400:
                 raise _api_error(response)
             partial = dest.with_name(dest.name + ".part")
-            with open(partial, "wb") as out:
-                for block in response.iter_content(DOWNLOAD_BLOCK_BYTES):
-                    out.write(block)
+            try:
+                with open(partial, "wb") as out:
+                    for block in response.iter_content(DOWNLOAD_BLOCK_BYTES):
+                        out.write(block)
+            except requests.RequestException as exc:
+                partial.unlink(missing_ok=True)
+                raise ConnectionFailed(self.url, f"the download broke off: {_reason(exc)}") from None
             os.replace(partial, dest)  # no half-written file under the real name
         return dest
 
@@ -320,8 +326,18 @@ def _api_error(response: requests.Response) -> ApiError:
     try:
         body = response.json()
     except ValueError:
-        body = {"error": {"code": f"http_{response.status_code}", "message": response.text[:500] or response.reason}}
+        body = {"error": {"code": f"http_{response.status_code}",
+                          "message": f"{response.url} answered {response.reason or 'an error'} without a JSON "
+                                     "error body: is it a Nightshift API?"}}
     return ApiError(response.status_code, body)
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise NightshiftError(f"{response.url} answered HTTP {response.status_code} without JSON: is it a "
+                              "Nightshift API?") from None
 
 
 def _reason(exc: requests.ConnectionError) -> str:

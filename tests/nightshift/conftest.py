@@ -87,6 +87,7 @@ def run(server, token, cli_env, capsys):
         out, err = capsys.readouterr()
         return Result(code, out, err)
 
+    run.server = server
     return run
 
 

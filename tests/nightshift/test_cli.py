@@ -96,6 +96,9 @@ def test_connection_refused_is_one_line(run):
     one_line_error(run("jobs", "list", "--url", f"http://127.0.0.1:{port}"),
                    f"error: cannot reach the Nightshift API at http://127.0.0.1:{port}: ")
     assert "Connection refused" in run("--url", f"http://127.0.0.1:{port}", "jobs").err
+    one_line_error(run("jobs", "list", "--url", "nowhere"), "error: cannot reach the Nightshift API at nowhere: ")
+    one_line_error(run("jobs", "list", "--url", run.server + "/elsewhere"), "error: http_404: ")
+    assert "without a JSON error body: is it a Nightshift API?" in run("jobs", "--url", run.server + "/x").err
 
 
 def test_jobs_list_with_filters(run, labelled, database):
