@@ -1,18 +1,16 @@
-"""The `nightshift` command: run the stack, run the demo, and talk to the API."""
+"""The `nightshift` command: run the stack, run the demo, and talk to the API (nightshift/commands.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from nightshift.commands import TOKEN_FILE, CliError, add_commands, common_options
 from worker.config import Settings, describe
-
-TOKEN_FILE = "token"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,19 +20,25 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from nightshift.client import ApiError
+    from nightshift.client import ApiError, NightshiftError
 
     try:
         return args.func(args) or 0
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except ApiError as exc:  # one line, never a traceback: what the API said to fix
+        print(_one_line(f"error: {exc.code}: {exc.message}"), file=sys.stderr)
+    except (NightshiftError, CliError, TimeoutError) as exc:
+        print(_one_line(f"error: {exc}"), file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nightshift", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nightshift", description=__doc__, parents=[common_options()])
     sub = parser.add_subparsers(metavar="COMMAND")
     up = sub.add_parser("up", help="start Redis (embedded unless NIGHTSHIFT_REDIS_URL), API, worker and beat")
     up.set_defaults(func=cmd_up)
@@ -57,35 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=["member", "viewer"], default="member",
                        help="member: read and write; viewer: read only")
     token.set_defaults(func=cmd_token)
-    _client_commands(sub)
+    add_commands(sub)
     return parser
-
-
-def _client_commands(sub) -> None:
-    upload = sub.add_parser("upload", help="upload a dataset file")
-    upload.add_argument("file", type=Path)
-    upload.add_argument("--text-column", default="text")
-    upload.add_argument("--label-column")
-    upload.add_argument("--name")
-    upload.set_defaults(func=cmd_upload)
-    submit = sub.add_parser("submit", help="submit a job: nightshift submit finetune base_model=... train_dataset_id=1")
-    submit.add_argument("kind", choices=["finetune", "evaluate", "batch_inference"])
-    submit.add_argument("params", nargs="*", help="key=value (values parsed as JSON when they can be)")
-    submit.add_argument("--task", help="text-classification (default), token-classification, translation, ...")
-    submit.add_argument("--wait", action="store_true")
-    submit.set_defaults(func=cmd_submit)
-    for name, helptext in (("status", "show a job"), ("watch", "follow a job's events until it ends"),
-                           ("cancel", "cancel a job"), ("retry", "submit an ended job again as a new job")):
-        command = sub.add_parser(name, help=helptext)
-        command.add_argument("job_id", type=int)
-        command.set_defaults(func=globals()[f"cmd_{name}"])
-    jobs = sub.add_parser("jobs", help="list jobs")
-    jobs.add_argument("--status")
-    jobs.set_defaults(func=cmd_jobs)
-    output = sub.add_parser("output", help="download a batch job's predictions")
-    output.add_argument("job_id", type=int)
-    output.add_argument("-o", "--out", type=Path, required=True)
-    output.set_defaults(func=cmd_output)
 
 
 # -- running the system -----------------------------------------------------------------------
@@ -216,86 +193,6 @@ def cmd_demo(args) -> int:
         return not args.exit
 
     return _run_stack(demo)
-
-
-# -- talking to a running API -----------------------------------------------------------------
-def _client():
-    from nightshift.client import Client
-
-    settings = Settings.from_env()
-    token = settings.token or _read_token(settings)
-    return Client(settings.base_url, token)
-
-
-def _read_token(settings: Settings) -> str:
-    path = Path(settings.data_dir) / TOKEN_FILE
-    if not path.exists():
-        raise SystemExit("no token: set NIGHTSHIFT_TOKEN, or run `nightshift up` once to create one")
-    return path.read_text().strip()
-
-
-def _print(data) -> None:
-    print(json.dumps(data, indent=2))
-
-
-def cmd_upload(args) -> int:
-    _print(_client().upload_dataset(args.file, text_column=args.text_column, label_column=args.label_column,
-                                    name=args.name))
-    return 0
-
-
-def cmd_submit(args) -> int:
-    params = {}
-    for item in args.params:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"parameter '{item}' is not key=value")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    client = _client()
-    job = client.submit(args.kind, params, **({"task": args.task} if args.task else {}))
-    if args.wait:
-        job = client.wait(job["id"], on_event=lambda e: print(f"  {e['type']:7} {e['message']} {e['data'] or ''}"))
-    _print(job)
-    return 0 if job["status"] != "failed" else 1
-
-
-def cmd_retry(args) -> int:
-    _print(_client().retry(args.job_id))
-    return 0
-
-
-def cmd_status(args) -> int:
-    _print(_client().job(args.job_id))
-    return 0
-
-
-def cmd_watch(args) -> int:
-    job = _client().wait(args.job_id, on_event=lambda e: print(f"{e['created_at']} {e['type']:7} {e['message']} "
-                                                             f"{e['data'] or ''}"))
-    print(f"job {job['id']} {job['status']}")
-    return 0 if job["status"] == "succeeded" else 1
-
-
-def cmd_cancel(args) -> int:
-    _print(_client().request("POST", f"/jobs/{args.job_id}/cancel"))
-    return 0
-
-
-def cmd_jobs(args) -> int:
-    page = _client().request("GET", "/jobs", params={"status": args.status} if args.status else None)
-    for job in page["items"]:
-        progress = job["progress"]
-        print(f"{job['id']:>6}  {job['kind']:16} {job['status']:10} {progress['fraction']:>6.1%}  "
-              f"{progress['stage'] or ''}")
-    return 0
-
-
-def cmd_output(args) -> int:
-    print(_client().download_output(args.job_id, args.out))
-    return 0
 
 
 if __name__ == "__main__":

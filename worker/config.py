@@ -49,6 +49,7 @@ class Settings:
     secret_key: str = field(default="", metadata={"help": "Signs the dashboard's session cookies; default: a random key kept in data_dir/secret_key (set the same value on every API host)."})
     token: str = field(default="", metadata={"help": "Bearer token the CLI sends."})
     api_url: str = field(default="", metadata={"help": "API base URL the CLI calls; default from host and port."})
+    config: str = field(default="", metadata={"help": "The CLI's TOML file of `url` and `token`; default ~/.config/nightshift/config.toml."})
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
