@@ -90,12 +90,28 @@ def test_the_dashboard_in_a_browser(browser, dashboard, database, tiny_model, tm
     from playwright.sync_api import expect
 
     client, base_url, token = dashboard
-    train = client.upload_dataset(write_reviews(tmp_path / "train.csv", 200, seed=1), label_column="label")
-    long_run = client.submit("finetune", {"base_model": str(tiny_model), "train_dataset_id": train["id"],
-                                          "max_steps": 1_000_000, "logging_steps": 5, "save_steps": 1_000_000})
     page = new_page(browser, base_url, token)
 
+    # Upload labelled reviews through the datasets page: a wrong column is named beside its field first.
+    page.click("nav >> text=Datasets")
+    page.set_input_files("input[name=file]", str(write_reviews(tmp_path / "train.csv", 200, seed=1)))
+    page.select_option("select[name=task]", "text-classification")
+    page.fill("input[name=label_column]", "sentiment")
+    page.click("[data-testid=upload]")
+    expect(page.locator("#label_column-error")).to_contain_text("sentiment")
+    page.set_input_files("input[name=file]", str(tmp_path / "train.csv"))
+    page.fill("input[name=label_column]", "label")
+    page.click("[data-testid=upload]")
+    expect(page.locator("[data-testid=rows]")).to_have_text("200")
+    train = client.request("GET", f"/datasets/{int(page.url.rsplit('/', 1)[1])}")
+    assert train["task"] == "text-classification" and train["row_count"] == 200
+    shoot(page, "dataset")
+
+    long_run = client.submit("finetune", {"base_model": str(tiny_model), "train_dataset_id": train["id"],
+                                          "max_steps": 1_000_000, "logging_steps": 5, "save_steps": 1_000_000})
+
     # A second fine-tune through the new-job form: a wrong value is named beside its field first.
+    page.goto("/jobs")
     page.click("[data-testid=new-job-link]")
     page.select_option("select[name=kind]", "finetune")
     page.fill("#f-base_model", str(tiny_model))
@@ -159,6 +175,23 @@ def test_the_dashboard_in_a_browser(browser, dashboard, database, tiny_model, tm
     download.value.save_as(saved)
     assert [json.loads(line)["row"] for line in saved.open()] == list(range(30))
     shoot(page, "job-batch")
+
+    # The registry, the datasets with the jobs that used them, and the worker that ran everything.
+    page.goto("/models")
+    expect(page.locator("main")).to_contain_text("browser-sentiment")
+    shoot(page, "models")
+    page.goto("/models/browser-sentiment")
+    expect(page.locator("[data-testid=evaluations]")).to_contain_text("browser-sentiment:1")
+    shoot(page, "model")
+    page.goto(f"/datasets/{train['id']}")
+    expect(page.locator("[data-testid=dataset-jobs]")).to_contain_text(f"#{short_run['id']}")
+    page.goto("/datasets")
+    shoot(page, "datasets")
+    page.goto("/workers")
+    expect(page.locator("[data-testid=workers] tbody tr")).to_have_count(1)
+    expect(page.locator("[data-testid=device]")).to_contain_text("CPU")
+    assert page.locator("[data-testid=stale]").count() == 0
+    shoot(page, "workers")
 
     # A viewer sees the same jobs, no write button, and every write is refused.
     viewer = new_page(browser, base_url, viewer_token(database))
