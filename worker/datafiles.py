@@ -10,6 +10,7 @@ values a schema keeps (token and tag lists, answers), so later stages read one f
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import itertools
@@ -547,8 +548,9 @@ def _canonical_line(raw: Row, columns: dict[str, None], checked: dict[str, str])
     return json.dumps(out, ensure_ascii=False) + "\n"
 
 
-def length_summary(histogram: Counter[int]) -> dict[str, float | int]:
-    """Return min, nearest-rank percentiles, max and mean of a length histogram."""
+def length_summary(histogram: Counter[int]) -> dict[str, Any]:
+    """Return min, nearest-rank percentiles, max and mean of a length histogram, and its counts in
+    doubling bins (`edges` [0, 8, 16, 32, ...] up to past the longest; bin i holds edges[i] <= length < edges[i+1])."""
     ordered = sorted(histogram.items())
     total = sum(histogram.values())
     summary: dict[str, float | int] = {"min": ordered[0][0]}
@@ -561,4 +563,11 @@ def length_summary(histogram: Counter[int]) -> dict[str, float | int]:
                 break
     summary["max"] = ordered[-1][0]
     summary["mean"] = round(sum(length * count for length, count in ordered) / total, 2)
+    edges = [0, 8]
+    while edges[-1] <= summary["max"]:
+        edges.append(edges[-1] * 2)
+    counts = [0] * (len(edges) - 1)
+    for length, count in ordered:
+        counts[bisect.bisect_right(edges, length) - 1] += count
+    summary["histogram"] = {"edges": edges, "counts": counts}
     return summary

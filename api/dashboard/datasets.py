@@ -104,17 +104,16 @@ def _dataset_or_404(dataset_id: int):
 
 
 def _charts(stats: dict, task: str | None) -> dict:
-    """The chart data in a dataset's stats: label (or tag) and entity counts, and length percentiles.
-
-    Upload keeps each length's min, p50, p90, p99, max and mean (worker.datafiles.length_summary), not
-    every length, so the length chart draws those points.
-    """
+    """The chart data in a dataset's stats: label (or tag) and entity counts, and a histogram of each
+    length kept at upload (worker.datafiles.length_summary); datasets stored before histograms were
+    kept show their min, percentiles, max and mean instead."""
     counts = {}
     labels = "Tags" if task == "token-classification" else "Labels"
     for key, title in (("label_distribution", labels), ("entity_counts", "Entities")):
         if isinstance(stats.get(key), dict) and stats[key]:
             counts[title] = _top(stats[key])
     lengths = {key.replace("_length_chars", " length (characters)").replace("_", " "):
+               value.get("histogram") or
                {point: value[point] for point in ("min", "p50", "p90", "p99", "max", "mean") if point in value}
                for key, value in stats.items()
                if (key.endswith("_length_chars") or key == "tokens_per_row") and isinstance(value, dict)}

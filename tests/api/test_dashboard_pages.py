@@ -41,7 +41,8 @@ def test_datasets_list_and_page_show_stats_roles_charts_and_jobs(client, auth, l
     assert re.search(r"<td>review</td><td>text</td>", page) and re.search(r"<td>sentiment</td><td>label</td>", page)
     charts = json.loads(html.unescape(re.search(r'id="dataset-chart-data">(.*?)</script>', page, re.DOTALL).group(1)))
     assert charts["counts"]["Labels"] == {"pos": 2, "neg": 1}
-    assert charts["lengths"]["text length (characters)"]["max"] == 22
+    # "I loved it" (10), "Dull, and far too long" (22), "Fine show" (9) in doubling bins 0-7, 8-15, 16-31
+    assert charts["lengths"]["text length (characters)"] == {"edges": [0, 8, 16, 32], "counts": [0, 2, 1]}
     assert 'data-testid="chart-lengths"' in page and "chart-4.6.1.umd.min.js" in page
     assert f'href="/jobs/{job["id"]}"' in page and 'data-testid="delete"' in page
 

@@ -89,7 +89,8 @@ def test_get_one_has_label_distribution_and_length_percentiles(client, auth):
     assert stats["label_distribution"] == {"a": 6, "b": 3, "c": 1}
     assert list(stats["label_distribution"]) == ["a", "b", "c"]  # most frequent first
     assert stats["num_labels"] == 3
-    assert stats["text_length_chars"] == {"min": 1, "p50": 5, "p90": 9, "p99": 10, "max": 10, "mean": 5.5}
+    assert stats["text_length_chars"] == {"min": 1, "p50": 5, "p90": 9, "p99": 10, "max": 10, "mean": 5.5,
+                                          "histogram": {"edges": [0, 8, 16], "counts": [7, 3]}}
 
 
 def test_unknown_dataset_is_404(client, auth):

@@ -196,7 +196,8 @@ def test_stats_on_a_known_file(tmp_path):
     assert result.stats == {
         "label_distribution": {"x": 6, "y": 3, "z": 1},
         "num_labels": 3,
-        "text_length_chars": {"min": 1, "p50": 5, "p90": 9, "p99": 10, "max": 10, "mean": 5.5},
+        "text_length_chars": {"min": 1, "p50": 5, "p90": 9, "p99": 10, "max": 10, "mean": 5.5,
+                              "histogram": {"edges": [0, 8, 16], "counts": [7, 3]}},  # 1..7, then 8..10
     }
 
 

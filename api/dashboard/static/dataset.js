@@ -1,4 +1,4 @@
-// The dataset page's charts: label (or tag) counts and length percentiles, from the stats kept at upload.
+// The dataset page's charts: label (or tag) counts and length histograms, from the stats kept at upload.
 (function () {
   const source = document.getElementById("dataset-chart-data");
   if (!source || !window.Chart) return;
@@ -14,16 +14,16 @@
     });
   });
 
-  const canvas = document.querySelector("canvas[data-chart=lengths]");
-  if (canvas) {
-    const points = ["min", "p50", "p90", "p99", "max", "mean"];
-    const datasets = Object.entries(data.lengths).map(([name, summary]) => ({
-      label: name, data: points.map((point) => summary[point] ?? null),
-    }));
-    new Chart(canvas, {
-      type: "bar",
-      data: { labels: points, datasets },
-      options: { ...options, plugins: { legend: { display: datasets.length > 1, position: "bottom" } } },
-    });
-  }
+  document.querySelectorAll("canvas[data-chart=lengths]").forEach((canvas) => {
+    const lengths = data.lengths[canvas.dataset.name];
+    let labels, values;
+    if (lengths.edges) { // a histogram: bin i holds edges[i] <= length < edges[i + 1]
+      labels = lengths.counts.map((_, i) => `${lengths.edges[i]}-${lengths.edges[i + 1] - 1}`);
+      values = lengths.counts;
+    } else { // stored before histograms were kept
+      labels = ["min", "p50", "p90", "p99", "max", "mean"].filter((point) => point in lengths);
+      values = labels.map((point) => lengths[point]);
+    }
+    new Chart(canvas, { type: "bar", data: { labels, datasets: [{ label: canvas.dataset.name, data: values }] }, options });
+  });
 })();
