@@ -23,7 +23,11 @@ def error_response(status: int, code: str, message: str, details=None):
 
     if not request.path.startswith(API_PREFIX):
         name = code.replace("_", " ").capitalize()
-        return render_template("error.html", code=status, name=name, message=message), status
+        try:
+            return render_template("error.html", code=status, name=name, message=message), status
+        except Exception:  # the page itself failed (the cause is already logged): plain text still says why
+            log.exception("the error page failed to render")
+            return f"{status} {name}: {message}", status, {"Content-Type": "text/plain; charset=utf-8"}
     body = {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
     return jsonify(body), status
 
