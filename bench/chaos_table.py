@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from _common import REPO, command_line
 
@@ -74,6 +75,10 @@ def run_suite(repeat: int, save: str | None = None) -> tuple[list[dict], int]:
             lines = result.stdout.strip().splitlines()
             print(f"run {run}/{repeat} ({time.monotonic() - started:.0f} s):",
                   *[line for line in lines if line.startswith("FAILED")], lines[-1], sep="\n  ", flush=True)
+            if result.returncode != 0:  # keep the whole report: the failures' causes are in it
+                kept = Path(report).with_name(f"{Path(report).stem}.run{run}.log")
+                kept.write_text(result.stdout + result.stderr)
+                print(f"  full output: {kept}", flush=True)
             passed += result.returncode == 0
         return [json.loads(line) for line in open(report)], passed
 
