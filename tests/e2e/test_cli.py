@@ -42,6 +42,7 @@ def test_demo_runs_the_main_job_end_to_end_and_stops(tmp_path, tiny_model):
     rows = [json.loads(line) for line in predictions.open()]
     assert len(rows) == 2000 and rows[0]["id"] == "doc-00001"
     assert f"predictions in {predictions}" in output
+    assert re.search(r"dashboard +http://127\.0\.0\.1:\d+/ ", output)
 
 
 def test_up_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
