@@ -74,6 +74,11 @@ def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_pat
     first = predictions[0]
     assert first["id"] == "r0" and first["label"] in ("neg", "pos")
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-4 and first["score"] == max(first["probabilities"].values())
+    # The precision "auto" chose, and why, is in the result and the job's events.
+    reason = job["result"]["precision_reason"]
+    assert reason.startswith(f"auto on CPU: {job['result']['precision']}")
+    logs = client.request("GET", f"/jobs/{job['id']}/events", params={"type": "log"})["items"]
+    assert f"precision: {reason}" in [e["message"] for e in logs]
 
 
 def test_duplicate_delivery_of_one_message_runs_the_job_once(trained, system, tmp_path):

@@ -45,6 +45,7 @@ def run(context: JobContext) -> Finalize:
     total = dataset.row_count
     context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
     predictor = task.Predictor.for_job(model_path, params)
+    context.log(f"precision: {predictor.precision_choice.reason}")
     rows = iter_rows(Path(dataset.path))
     for index, chunk in enumerate(_chunks(rows, params.chunk_rows)):
         if index in done:
@@ -63,6 +64,7 @@ def run(context: JobContext) -> Finalize:
         "errors": str(errors),
         "label_names": predictor.label_names,
         "precision": predictor.precision,
+        "precision_reason": predictor.precision_choice.reason,
     }
     return lambda session: {"result": summary, "output_path": str(predictions)}
 

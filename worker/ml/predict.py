@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
+from worker.ml.device import place_for_inference
 from worker.ml.loading import label_names_of, load_classifier
 
 # Measured with MiniLM on 2 CPU cores: past about 2k padded tokens a batch gets slower per token
@@ -38,10 +38,9 @@ class Predictor:
         if num_threads is not None:
             # Only when asked: the caller (a worker pinned to some cores) owns the global setting.
             torch.set_num_threads(num_threads)
-        self.device = pick_device()
         self.model, self.tokenizer = load_classifier(model_dir)
-        self.precision = resolve_inference_precision(precision, self.device)
-        self.model.to(device=self.device, dtype=torch_dtype(self.precision)).eval()
+        self.device, self.precision_choice = place_for_inference(self.model, precision)
+        self.precision = self.precision_choice.precision
         self.label_names = label_names_of(self.model)
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens = batch_tokens

@@ -14,7 +14,7 @@ from typing import Callable
 
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, read_rows, split_examples
-from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
+from worker.ml.device import place_for_inference
 from worker.ml.generation import IGNORED, generate_texts, token_loss
 from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model, refuse_custom_code
@@ -168,10 +168,10 @@ class Generator:
 
     def __init__(self, model_dir: str, *, max_length: int, batch_tokens: int, max_batch_size: int,
                  precision: str = "auto", options: GenerationOptions | None = None) -> None:
-        self.device = pick_device()
         self.model, self.tokenizer = self.load(model_dir)
-        self.precision = resolve_inference_precision(precision, self.device)
-        self.model.to(device=self.device, dtype=torch_dtype(self.precision)).eval()
+        # Generation is not measured: "auto" on CPU is fp32, never slower than asked.
+        self.device, self.precision_choice = place_for_inference(self.model, precision, measure=False)
+        self.precision = self.precision_choice.precision
         self.label_names: list[str] = []
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size

@@ -18,7 +18,7 @@ from typing import Any
 from worker.datafiles import cell_error, check_columns, length_summary, row_text
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, read_rows, split_examples
-from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
+from worker.ml.device import place_for_inference
 from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model
 from worker.ml.predict import effective_max_length, map_batches
@@ -289,10 +289,9 @@ class Predictor:
 
     def __init__(self, model_dir: str, *, max_length: int, batch_tokens: int, max_batch_size: int,
                  precision: str = "auto") -> None:
-        self.device = pick_device()
         self.model, self.tokenizer = load_reader(model_dir)
-        self.precision = resolve_inference_precision(precision, self.device)
-        self.model.to(device=self.device, dtype=torch_dtype(self.precision)).eval()
+        self.device, self.precision_choice = place_for_inference(self.model, precision)
+        self.precision = self.precision_choice.precision
         self.label_names: list[str] = []
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size

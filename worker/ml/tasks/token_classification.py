@@ -21,7 +21,7 @@ from typing import Any
 from worker.datafiles import cell_error, check_columns, length_summary, ranked_counts
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, check_labels, read_rows, split_examples
-from worker.ml.device import pick_device, resolve_inference_precision, torch_dtype
+from worker.ml.device import place_for_inference
 from worker.ml.generation import (  # IGNORED labels later pieces of a word
     IGNORED,
     token_loss,
@@ -358,10 +358,9 @@ class Predictor:
 
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        self.device = pick_device()
         self.model, self.tokenizer = load_tagger(model_dir)
-        self.precision = resolve_inference_precision(precision, self.device)
-        self.model.to(device=self.device, dtype=torch_dtype(self.precision)).eval()
+        self.device, self.precision_choice = place_for_inference(self.model, precision)
+        self.precision = self.precision_choice.precision
         self.label_names = label_names_of(self.model)
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size

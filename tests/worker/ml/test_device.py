@@ -1,0 +1,95 @@
+"""The precision "auto" picks for inference: measured on the model, never slower than fp32, cached per process."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import PermanentJobError
+from worker.ml import device
+
+
+@pytest.fixture
+def model(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(tiny_model)
+
+
+@pytest.fixture(autouse=True)
+def fresh_decisions(monkeypatch):
+    monkeypatch.setattr(device, "_CHOICES", {})
+
+
+def fake_timing(monkeypatch, *, fp32: float, bf16: float, flip: bool = False) -> list[str]:
+    """Make the probe report these times per pass (and bf16 predictions all flipped when `flip`)."""
+    import torch
+
+    measured = []
+    real = device._time_forward
+
+    def timed(model, inputs, repeats: int = 3):
+        _seconds, logits = real(model, inputs, repeats=1)
+        dtype = "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32"
+        measured.append(dtype)
+        if flip and dtype == "bf16":
+            logits = -logits
+        return (bf16 if dtype == "bf16" else fp32), logits
+
+    monkeypatch.setattr(device, "_time_forward", timed)
+    monkeypatch.setattr(device, "_cpu_supports_bf16", lambda: True)
+    return measured
+
+
+def dtype_of(model) -> str:
+    return str(next(model.parameters()).dtype)
+
+
+def test_a_cpu_that_emulates_bf16_keeps_fp32(model, monkeypatch):
+    fake_timing(monkeypatch, fp32=0.10, bf16=0.30)  # what an AVX-512 CPU without native bf16 measures
+    where, choice = device.place_for_inference(model, "auto")
+    assert (where, choice.precision, dtype_of(model)) == ("cpu", "fp32", "torch.float32")
+    assert "bf16 0.33x fp32" in choice.reason and not model.training
+
+
+def test_bf16_is_chosen_where_it_is_faster_and_agrees(model, monkeypatch):
+    fake_timing(monkeypatch, fp32=0.30, bf16=0.10)
+    _where, choice = device.place_for_inference(model, "auto")
+    assert (choice.precision, dtype_of(model)) == ("bf16", "torch.bfloat16")
+    assert "bf16 3.00x fp32" in choice.reason
+
+
+def test_bf16_that_changes_predictions_is_not_chosen_however_fast(model, monkeypatch):
+    fake_timing(monkeypatch, fp32=0.30, bf16=0.10, flip=True)
+    _where, choice = device.place_for_inference(model, "auto")
+    assert choice.precision == "fp32" and "100.0% of its predictions changed" in choice.reason
+
+
+def test_the_decision_is_measured_once_per_process_and_model_shape(model, tiny_model, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    measured = fake_timing(monkeypatch, fp32=0.30, bf16=0.10)
+    first = device.place_for_inference(model, "auto")[1]
+    again = device.place_for_inference(AutoModelForSequenceClassification.from_pretrained(tiny_model), "auto")[1]
+    assert first == again and measured == ["fp32", "bf16"]  # one probe, not two
+
+
+def test_without_bf16_kernels_nothing_is_measured(model, monkeypatch):
+    measured = fake_timing(monkeypatch, fp32=0.30, bf16=0.10)
+    monkeypatch.setattr(device, "_cpu_supports_bf16", lambda: False)
+    _where, choice = device.place_for_inference(model, "auto")
+    assert choice.precision == "fp32" and "no bf16 kernels" in choice.reason and measured == []
+
+
+def test_an_explicit_precision_is_used_as_asked_and_checked(model, monkeypatch):
+    measured = fake_timing(monkeypatch, fp32=0.30, bf16=0.10)
+    assert device.place_for_inference(model, "fp32")[1].precision == "fp32" and measured == []
+    with pytest.raises(PermanentJobError, match="fp16 needs a CUDA GPU"):
+        device.place_for_inference(model, "fp16")
+
+
+def test_the_real_probe_on_this_machine_decides_and_says_why(model):
+    _where, choice = device.place_for_inference(model, "auto")
+    assert choice.precision in ("fp32", "bf16")
+    assert dtype_of(model) == {"fp32": "torch.float32", "bf16": "torch.bfloat16"}[choice.precision]
+    if device._cpu_supports_bf16():
+        assert "x fp32 on a 16x128 probe" in choice.reason
