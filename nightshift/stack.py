@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ STARTUP_TIMEOUT_SECONDS = 30.0
 API_READY_TIMEOUT_SECONDS = 120.0
 HEALTH_REQUEST_TIMEOUT_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 20.0
+STACK_ID_VARIABLE = "NIGHTSHIFT_STACK_ID"
 
 
 def redis_server_binary() -> str:
@@ -177,6 +179,9 @@ class Stack:
         self.settings = settings
         self.redis: EmbeddedRedis | None = None
         self.processes: dict[str, subprocess.Popen] = {}
+        # Every process this stack starts carries this id in its environment, so stop() finds one
+        # that an interrupt (Ctrl-C) orphaned between its fork and being recorded in `processes`.
+        self.stack_id = uuid.uuid4().hex
         self.log_dir = log_dir or Path(settings.data_dir).resolve() / "logs"
         worker_names = ["worker"] if workers == 1 else [f"w{i}" for i in range(1, workers + 1)]
         self.names = ["api", *worker_names, "beat"]
@@ -226,7 +231,7 @@ class Stack:
             command = beat_command(self.settings)
         else:
             command = worker_command(self.settings, name=name)
-        env = {**os.environ, **self.settings.export_env()}
+        env = {**os.environ, **self.settings.export_env(), STACK_ID_VARIABLE: self.stack_id}
         # Its own process group: a supervisor can then kill what a dead process leaves behind
         # (gunicorn workers holding the port, a job's process holding GPU memory).
         with open(self.log_dir / f"{name}.log", "ab") as out:
@@ -274,8 +279,22 @@ class Stack:
         psutil.wait_procs(alive, timeout=STOP_TIMEOUT_SECONDS)
         for proc in procs:
             kill_group(proc.pid)  # orphans of a process that died earlier are no one's children
+        for stray in _carrying(self.stack_id):  # started, but interrupted before it was recorded
+            kill_group(stray.pid)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                stray.kill()
         if self.redis:
             self.redis.stop()
+
+
+def _carrying(stack_id: str) -> list[psutil.Process]:
+    """Return the live processes whose environment carries this stack's id."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.environ().get(STACK_ID_VARIABLE) == stack_id:
+                found.append(proc)
+    return found
 
 
 def _descendants(procs: list[subprocess.Popen]) -> list[psutil.Process]:
