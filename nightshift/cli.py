@@ -165,11 +165,15 @@ def ensure_local_token(settings: Settings) -> str:
     factory = make_session_factory(engine)
     with factory() as session, session.begin():
         raw = path.read_text().strip() if path.exists() else ""
-        if not raw or authenticate(session, raw) is None:
+        issued = not raw or authenticate(session, raw) is None
+        if issued:
             raw = issue_token(session, get_or_create_tenant(session, "default"), name="local")
-            path.touch(mode=0o600)
-            path.write_text(raw + "\n")
     engine.dispose()
+    if issued:  # only once committed, and whole: whoever sees the file can use the token in it
+        scratch = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+        scratch.touch(mode=0o600)
+        scratch.write_text(raw + "\n")
+        os.replace(scratch, path)
     return raw
 
 
