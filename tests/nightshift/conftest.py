@@ -22,14 +22,9 @@ LABELLED_CSV = "review,sentiment\nI loved it,pos\n\"Dull, and far too long\",neg
 
 
 @pytest.fixture
-def app(sqlite_only_url, redis_url, tmp_path):
-    """The API on SQLite only: these tests are about the client side, not the database backend."""
-    from api import create_app
-
-    app = create_app({"database_url": sqlite_only_url, "redis_url": redis_url, "data_dir": str(tmp_path / "data"),
-                      "max_upload_bytes": 5_000_000, "TESTING": True})
-    yield app
-    app.extensions["nightshift"].engine.dispose()
+def database_url(sqlite_only_url):
+    """SQLite only (the shared `app` fixture then serves it): these tests are about the client side."""
+    return sqlite_only_url
 
 
 @pytest.fixture
