@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import beat_init, worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
 from worker.config import Settings
 
@@ -50,11 +50,24 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(Settings.from_env())
 
 
+@worker_init.connect
+def _preload_ml(**_kwargs) -> None:
+    # In the main process, before the pool forks: every job process starts with torch imported.
+    from worker import state
+
+    if state.settings().preload_ml:
+        from worker.ml.preload import preload
+
+        preload()
+
+
 @worker_process_init.connect
 def _init_process(**_kwargs) -> None:
     from worker import gpus, state
+    from worker.ml import tuning
 
     state.reset()  # a forked child must not share the parent's database connections
+    tuning.configure(state.settings().data_dir / "tuning")  # speed measurements, shared by later jobs
     state.configure_offline()
     state.install_shutdown_handler()
     gpus.pin_pool_process()  # one GPU per pool process, before any job imports torch

@@ -45,6 +45,7 @@ class Settings:
     time_limit_grace_seconds: int = field(default=600, metadata={"help": "Hard limit = soft limit + this; then the process is killed."})
     visibility_timeout_seconds: int = field(default=13 * 3600, metadata={"help": "Redis transport visibility timeout."})
     unacked_restore_seconds: int = field(default=0, metadata={"help": "How often workers re-queue unacknowledged messages past the visibility timeout (0: the transport's default)."})
+    preload_ml: bool = field(default=True, metadata={"help": "Workers import torch, transformers and the task modules once, before forking job processes, so no job pays their import time."})
     worker_concurrency: int = field(default=1, metadata={"help": "Processes per worker; pool process i gets GPU i of the visible ones (set one per GPU)."})
     secret_key: str = field(default="", metadata={"help": "Signs the dashboard's session cookies; default: a random key kept in data_dir/secret_key (set the same value on every API host)."})
     token: str = field(default="", metadata={"help": "Bearer token the CLI sends."})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.errors import PermanentJobError
+from worker.ml import tuning
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -39,8 +40,6 @@ class PrecisionChoice:
     reason: str
 
 
-# Decisions of this worker process, by (device, model shape): measured once, reused by later jobs.
-_CHOICES: dict[tuple, PrecisionChoice] = {}
 PROBE_ROWS, PROBE_TOKENS = 16, 128  # the measured batch
 MIN_SPEEDUP = 1.15  # a lower precision must beat fp32 by this much to be worth its rounding
 MAX_CHANGED = 0.005  # ... and change at most this share of the probe's predictions
@@ -67,12 +66,10 @@ def place_for_inference(model, requested: str, *, measure: bool = True) -> tuple
 def _measured_cpu_choice(model) -> PrecisionChoice:
     if not _cpu_supports_bf16():
         return PrecisionChoice("fp32", "auto on CPU: fp32 (no bf16 kernels on this CPU)")
-    config = model.config
-    key = ("cpu", type(model).__name__, getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None),
-           getattr(config, "vocab_size", None))
-    if key not in _CHOICES:
-        _CHOICES[key] = _compare_bf16_with_fp32(model)
-    return _CHOICES[key]
+    # Measured once per machine and model shape, then remembered (in the process and on disk).
+    decided = tuning.remembered("precision", {**tuning.model_key(model), "vocab_size": model.config.vocab_size},
+                                lambda: vars(_compare_bf16_with_fp32(model)))
+    return PrecisionChoice(**decided)
 
 
 def _compare_bf16_with_fp32(model) -> PrecisionChoice:

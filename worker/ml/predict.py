@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from worker.ml.device import place_for_inference
 from worker.ml.loading import label_names_of, load_classifier
+from worker.ml.tuning import batch_token_budget
 
-# Measured with MiniLM on 2 CPU cores: past about 2k padded tokens a batch gets slower per token
-# (attention and activations fall out of cache), so CPU runs cap the caller's budget here.
-CPU_MAX_BATCH_TOKENS = 2048
 # Tokenizers without a usable limit report a huge sentinel as model_max_length.
 UNSET_MODEL_MAX_LENGTH = 1_000_000
 
@@ -100,13 +98,13 @@ def map_batches(model, tokenizer, encoded, *, step, batch_tokens: int, max_batch
     """Apply `step(inputs, batch)` to length-sorted batches of tokenizer output; one result per example, in order.
 
     `step` gets the padded tensors on the model's device and the example indices of the batch, and
-    returns one item per example (a sequence of len(batch)). On GPU out-of-memory a batch is split in
-    two and retried.
+    returns one item per example (a sequence of len(batch)). `batch_tokens` is an upper bound: batches
+    hold the fastest budget up to it measured for this model on this machine (`tuning`). On GPU
+    out-of-memory a batch is split in two and retried.
     """
     import torch
 
-    if model.device.type == "cpu":
-        batch_tokens = min(batch_tokens, CPU_MAX_BATCH_TOKENS)
+    batch_tokens = batch_token_budget(model, batch_tokens)
     keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
     lengths = [len(ids) for ids in encoded["input_ids"]]
     results: list = [None] * len(lengths)

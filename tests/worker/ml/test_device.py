@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import PermanentJobError
-from worker.ml import device
+from worker.ml import device, tuning
 
 
 @pytest.fixture
@@ -17,7 +17,8 @@ def model(tiny_model):
 
 @pytest.fixture(autouse=True)
 def fresh_decisions(monkeypatch):
-    monkeypatch.setattr(device, "_CHOICES", {})
+    monkeypatch.setattr(tuning, "_remembered", {})
+    monkeypatch.setattr(tuning, "_directory", None)
 
 
 def fake_timing(monkeypatch, *, fp32: float, bf16: float, flip: bool = False) -> list[str]:

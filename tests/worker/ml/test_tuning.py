@@ -1,0 +1,98 @@
+"""Speed choices measured on the machine at hand and remembered per machine and model shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker.ml import tuning
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory(monkeypatch):
+    monkeypatch.setattr(tuning, "_remembered", {})
+    monkeypatch.setattr(tuning, "_directory", None)
+
+
+@pytest.fixture
+def model(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+
+
+def fake_rates(monkeypatch, rates: dict[int, float]) -> list[int]:
+    """Make the probe report these tokens/s per budget; return the list of probes it ran."""
+    probes = []
+
+    def measure(_model):
+        probes.append(1)
+        return {"tokens_per_second": {str(budget): rate for budget, rate in rates.items()}}
+
+    monkeypatch.setattr(tuning, "_measure_budgets", measure)
+    return probes
+
+
+def test_the_smallest_budget_near_the_fastest_wins(model, monkeypatch):
+    fake_rates(monkeypatch, {512: 800.0, 1024: 990.0, 2048: 1000.0, 4096: 700.0})
+    assert tuning.batch_token_budget(model, 16_384) == 1024  # within 3% of the best, half the memory
+
+
+def test_the_callers_budget_is_an_upper_bound(model, monkeypatch):
+    fake_rates(monkeypatch, {512: 500.0, 1024: 600.0, 2048: 1000.0})
+    assert tuning.batch_token_budget(model, 1024) == 1024
+    assert tuning.batch_token_budget(model, 300) == 300  # below every candidate: the caller's own
+
+
+def test_a_measurement_is_remembered_on_disk_for_later_processes(model, monkeypatch, tmp_path):
+    probes = fake_rates(monkeypatch, {512: 500.0, 1024: 900.0})
+    tuning.configure(tmp_path)
+    assert tuning.batch_token_budget(model, 16_384) == 1024
+    assert tuning.batch_token_budget(model, 16_384) == 1024
+    assert len(probes) == 1
+    monkeypatch.setattr(tuning, "_remembered", {})  # a new job process on the same machine
+    assert tuning.batch_token_budget(model, 16_384) == 1024
+    assert len(probes) == 1
+    [record] = [json.loads(path.read_text()) for path in tmp_path.glob("batch-tokens-*.json")]
+    assert record["key"]["class"] == type(model).__name__ and record["key"]["device"] == "cpu"
+    assert record["value"]["tokens_per_second"] == {"512": 500.0, "1024": 900.0}
+
+
+def test_other_threads_or_another_model_shape_measure_again(model, monkeypatch, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    probes = fake_rates(monkeypatch, {512: 500.0})
+    tuning.configure(tmp_path)
+    tuning.batch_token_budget(model, 16_384)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        tuning.batch_token_budget(model, 16_384)
+    finally:
+        torch.set_num_threads(threads)
+    config = BertConfig(**{**model.config.to_dict(), "num_hidden_layers": model.config.num_hidden_layers + 1})
+    tuning.batch_token_budget(AutoModelForSequenceClassification.from_config(config), 16_384)
+    assert len(probes) == 3
+
+
+def test_a_damaged_record_is_measured_again(model, monkeypatch, tmp_path):
+    probes = fake_rates(monkeypatch, {512: 500.0})
+    tuning.configure(tmp_path)
+    tuning.batch_token_budget(model, 16_384)
+    for path in tmp_path.glob("*.json"):
+        path.write_text("{not json")
+    monkeypatch.setattr(tuning, "_remembered", {})
+    assert tuning.batch_token_budget(model, 16_384) == 512
+    assert len(probes) == 2
+
+
+def test_the_real_probe_measures_doubling_budgets_up_to_a_slowdown(model):
+    measured = tuning._measure_budgets(model)["tokens_per_second"]
+    budgets = [int(b) for b in measured]
+    assert budgets == list(tuning.BUDGET_CANDIDATES[: len(budgets)])
+    assert all(rate > 0 for rate in measured.values())
+    rates = list(measured.values())
+    # It stops at the first budget clearly slower than the best before it, or at the last candidate.
+    assert len(budgets) == len(tuning.BUDGET_CANDIDATES) or rates[-1] < tuning.SLOWER * max(rates[:-1])

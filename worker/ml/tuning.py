@@ -1,0 +1,171 @@
+"""Speed choices measured on the machine at hand, remembered per device and model shape.
+
+A choice made for speed (how many tokens one batch holds, which precision) depends on the CPU or GPU,
+its threads and the model; a constant tuned on one machine is wrong on the next. Each choice here is
+measured once with a short probe of the model itself and remembered under a key naming everything it
+depends on: in this process, and, once `configure()` has named a directory (workers use
+`<data_dir>/tuning`), in a small JSON file there, so later job processes on the same machine reuse it
+instead of measuring again. Delete the directory to measure afresh (after a hardware change, say).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_remembered: dict[str, dict] = {}
+_directory: Path | None = None
+
+# Candidate token budgets, doubling; the probe stops once a larger budget is clearly slower.
+BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
+PROBE_WIDTH = 64  # tokens per probe row: typical of sentences and short documents
+SLOWER = 0.9  # a budget measured below this share of the best throughput so far ends the search
+NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
+
+
+def configure(directory: Path | str | None) -> None:
+    """Remember measurements in `directory` too (None: in this process only)."""
+    global _directory
+    _directory = Path(directory) if directory is not None else None
+
+
+def reset() -> None:
+    """Forget what this process measured (tests)."""
+    _remembered.clear()
+
+
+def remembered(what: str, key: dict, measure: Callable[[], dict]) -> dict:
+    """Return the measurement `what` stored under `key`, measuring and storing it the first time."""
+    full_key = {"what": what, **machine_key(), **key}
+    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    if digest in _remembered:
+        return _remembered[digest]
+    path = _directory / f"{what}-{digest}.json" if _directory is not None else None
+    value = _read(path) if path is not None else None
+    if value is None:
+        value = measure()
+        if path is not None:
+            _write(path, {"key": full_key, "value": value, "measured_at": time.time()})
+    _remembered[digest] = value
+    return value
+
+
+def machine_key() -> dict:
+    """What a measurement on this machine depends on besides the model: processor, threads, torch."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    return {"device": device, "device_name": name, "cpu_flags": _cpu_flags_digest(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def model_key(model) -> dict:
+    """The shape of `model` a measurement depends on (not its weights)."""
+    config = model.config
+    return {"class": type(model).__name__, "dtype": str(next(model.parameters()).dtype),
+            **{name: getattr(config, name, None) for name in ("hidden_size", "num_hidden_layers", "intermediate_size",
+                                                                 "num_attention_heads", "d_model", "num_layers")}}
+
+
+def batch_token_budget(model, limit: int) -> int:
+    """Return the fastest token budget per batch for `model` on this machine, at most `limit`.
+
+    Measured with one forward pass per candidate budget (after a warm-up) on rows of PROBE_WIDTH
+    tokens: throughput grows with the batch until activations fall out of cache (CPU) or the device is
+    saturated, then flattens or drops. The smallest budget within NEAR_BEST of the best is chosen.
+    """
+    measured = remembered("batch-tokens", model_key(model), lambda: _measure_budgets(model))
+    rates = {int(budget): rate for budget, rate in measured["tokens_per_second"].items()}
+    allowed = {budget: rate for budget, rate in rates.items() if budget <= limit}
+    if not allowed:
+        return limit
+    best = max(allowed.values())
+    return min(budget for budget, rate in allowed.items() if rate >= NEAR_BEST * best)
+
+
+def _measure_budgets(model) -> dict:
+    import torch
+
+    high = max(int(getattr(model.config, "vocab_size", 1000) or 1000), 2)
+    generator = torch.Generator().manual_seed(0)
+    rates: dict[str, float] = {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for budget in BUDGET_CANDIDATES:
+            rows = max(budget // PROBE_WIDTH, 1)
+            inputs = {"input_ids": torch.randint(1, high, (rows, PROBE_WIDTH), generator=generator).to(model.device),
+                      "attention_mask": torch.ones(rows, PROBE_WIDTH, dtype=torch.long, device=model.device)}
+            try:
+                seconds = _best_of(model, inputs, repeats=2 if budget <= 4096 else 1)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            rates[str(budget)] = rows * PROBE_WIDTH / seconds
+            if rates[str(budget)] < SLOWER * max(rates.values()):
+                break
+    log.info("batch token budgets measured in %.1f s: %s", time.perf_counter() - started,
+             {k: round(v) for k, v in rates.items()})
+    return {"tokens_per_second": rates}
+
+
+def _best_of(model, inputs, *, repeats: int) -> float:
+    import torch
+
+    model(**inputs)  # warm-up: kernels chosen, memory allocated
+    best = float("inf")
+    for _ in range(repeats):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model(**inputs)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_flags_digest() -> str:
+    # Two CPUs sold under one name may differ in vector extensions (AVX-512, bf16, AMX).
+    return hashlib.sha256(_cpuinfo_field("flags").encode()).hexdigest()[:12]
+
+
+def _cpuinfo_field(name: str) -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write(path: Path, record: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot remember a measurement in %s: %s", path, exc)
