@@ -5,6 +5,11 @@ match the `lease_owner` of the jobs they run; see db.services.workers).
 Started on `worker_ready`, in the main process only. It opens a connection per beat (no pool), since
 the main process forks pool processes that must not inherit open connections. Describing the device
 never imports torch: the GPUs come from `nvidia-smi` once, at start.
+
+The main process forks a new pool process after every job. A fork copies the memory of every thread
+but runs only the forking one: had the heartbeat thread been inside the database driver then (SQLite
+holds process-wide mutexes while it opens a file), the new process would wait forever for a mutex no
+thread of it will release. Beats and forks therefore exclude each other (`FORK_GUARD`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,27 @@ from worker.gpus import CUDA_VISIBLE_DEVICES, NVIDIA_SMI_TIMEOUT_SECONDS
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
+# A fork waits this long for a beat to leave the database, then forks anyway: a stalled database
+# must not stall the worker's main loop.
+FORK_WAIT_SECONDS = 10.0
+
+FORK_GUARD = threading.Lock()
+_guard_taken_for_fork = threading.local()
+
+
+def _before_fork() -> None:
+    _guard_taken_for_fork.held = FORK_GUARD.acquire(timeout=FORK_WAIT_SECONDS)
+    if not _guard_taken_for_fork.held:
+        log.warning("forking while the worker heartbeat is still in the database after %s s", FORK_WAIT_SECONDS)
+
+
+def _after_fork() -> None:
+    if getattr(_guard_taken_for_fork, "held", False):
+        _guard_taken_for_fork.held = False
+        FORK_GUARD.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 def start_heartbeat(name: str, queues: list[str], settings: Settings) -> threading.Thread:
@@ -41,10 +67,11 @@ def start_heartbeat(name: str, queues: list[str], settings: Settings) -> threadi
 
     def beat() -> None:
         while True:
-            pool_pids = [child.pid for child in psutil.Process(pid).children()]
             try:
-                with factory.begin() as session:
-                    record_heartbeat(session, name, host, pid, queues, device, pool_pids=pool_pids)
+                with FORK_GUARD:
+                    pool_pids = [child.pid for child in psutil.Process(pid).children()]
+                    with factory.begin() as session:
+                        record_heartbeat(session, name, host, pid, queues, device, pool_pids=pool_pids)
             except DBAPIError as exc:  # the page shows the worker stale until a beat gets through
                 log.warning("worker heartbeat not recorded (%s); trying again in %s s", exc, settings.heartbeat_seconds)
             time.sleep(settings.heartbeat_seconds)

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from db.models import Job, JobEvent
+from nightshift.client import ApiError
 from db.session import make_engine, make_session_factory
 from tests.helpers import wait_until, write_reviews
 from worker.celery_app import make_celery
@@ -45,6 +46,8 @@ def test_finetune_registers_a_model_with_its_evaluation(trained):
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["support"] == 16
     events = client.request("GET", f"/jobs/{job['id']}/events", params={"type": "metric"})["items"]
     assert any("loss" in e["data"] for e in events) and any("learning_rate" in e["data"] for e in events)
+    logs = [e["message"] for e in client.request("GET", f"/jobs/{job['id']}/events", params={"type": "log"})["items"]]
+    assert any(m.startswith("training precision: auto on CPU: fp32") for m in logs), logs
 
 
 def test_evaluate_job_scores_a_registered_model(trained, tmp_path):
@@ -121,3 +124,26 @@ def test_cancel_stops_a_running_job_and_a_queued_one_never_starts(trained, syste
     wait_until(lambda: _queue_empty(celery, queued["queue"]), timeout=60, message="the queued message is consumed")
     never = client.job(queued["id"])
     assert never["status"] == "cancelled" and never["attempts"] == 0 and never["started_at"] is None
+
+
+def test_batch_inference_in_int8_labels_rows_like_fp32(trained, tmp_path):
+    client, _job, _train = trained
+    docs = client.upload_dataset(write_reviews(tmp_path / "docs.csv", 300, seed=4, labelled=False), text_column="text")
+    labels = {}
+    for precision in ("fp32", "int8"):
+        job = client.wait(client.submit("batch_inference", {"model": "tiny-sentiment", "dataset_id": docs["id"],
+                                                            "precision": precision})["id"], timeout=180)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["result"]["precision"] == precision
+        output = client.download_output(job["id"], tmp_path / f"{precision}.jsonl")
+        labels[precision] = [json.loads(line)["label"] for line in output.open()]
+    assert len(labels["int8"]) == len(labels["fp32"]) == 300
+    agreement = sum(a == b for a, b in zip(labels["int8"], labels["fp32"])) / 300
+    assert agreement >= 0.9, agreement  # quantized, not broken
+
+
+def test_int8_is_refused_for_training(trained):
+    client, _job, train = trained
+    with pytest.raises(ApiError) as refused:
+        client.submit("finetune", {"base_model": "tiny-sentiment", "train_dataset_id": train["id"], "precision": "int8"})
+    assert refused.value.status == 422 and "precision" in str(refused.value.body)

@@ -81,3 +81,41 @@ def _wait_for_row(factory, name: str, worker: subprocess.Popen, log) -> Worker:
                 return row  # a second beat has come too
         assert time.monotonic() < deadline, f"no heartbeat within {DEADLINE_SECONDS} s:\n{log.read_text()[-3000:]}"
         time.sleep(0.3)
+
+
+def test_a_fork_waits_while_the_heartbeat_is_in_the_database():
+    # The beat holds FORK_GUARD while it talks to the database: a pool process forked then would
+    # inherit the driver's mutexes locked (a SQLite open hung forever that way).
+    import threading
+
+    from worker.heartbeat import FORK_GUARD
+
+    order: list[str] = []
+    entered, leave = threading.Event(), threading.Event()
+
+    def beat() -> None:
+        with FORK_GUARD:
+            entered.set()
+            leave.wait(30)
+            order.append("beat done")
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: the guard is free here too
+            os._exit(0 if FORK_GUARD.acquire(blocking=False) else 1)
+        order.append("forked")
+        order.append(os.waitpid(pid, 0)[1])
+
+    beat_thread = threading.Thread(target=beat)
+    beat_thread.start()
+    assert entered.wait(30)
+    fork_thread = threading.Thread(target=fork)
+    fork_thread.start()
+    fork_thread.join(timeout=1.0)
+    assert fork_thread.is_alive()  # still waiting for the beat
+    leave.set()
+    fork_thread.join(timeout=30)
+    beat_thread.join(timeout=30)
+    assert order == ["beat done", "forked", 0]
+    assert FORK_GUARD.acquire(blocking=False)  # released in the parent as well
+    FORK_GUARD.release()

@@ -8,6 +8,7 @@ from worker.errors import PermanentJobError
 from worker.ml import tuning
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamic quantization of linear layers, CPU only
 
 
 def pick_device() -> str:
@@ -54,6 +55,8 @@ def place_for_inference(model, requested: str, *, measure: bool = True) -> tuple
     capability flags say. Generative models on CPU, and CPUs without bf16 kernels, stay in fp32.
     """
     device = pick_device()
+    if requested == "int8":
+        return device, _quantize_int8(model, device)
     if requested == "auto" and device == "cpu":
         choice = _measured_cpu_choice(model) if measure else PrecisionChoice("fp32", "auto on CPU: fp32")
     else:
@@ -61,6 +64,93 @@ def place_for_inference(model, requested: str, *, measure: bool = True) -> tuple
         choice = PrecisionChoice(precision, f"{precision} ({'asked for' if requested != 'auto' else 'auto on ' + device})")
     model.to(device=device, dtype=torch_dtype(choice.precision)).eval()
     return device, choice
+
+
+def _quantize_int8(model, device: str) -> PrecisionChoice:
+    """Quantize `model`'s linear layers to int8 in place (weights now, activations per batch)."""
+    import warnings
+
+    import torch
+
+    if device != "cpu":
+        raise PermanentJobError("precision int8 runs on CPU workers; on a GPU use auto, bf16 or fp16")
+    model.float().eval()
+    with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return PrecisionChoice("int8", "int8 (asked for): linear layers dynamically quantized, the rest fp32")
+
+
+def choose_training_precision(model, requested: str, device: str) -> PrecisionChoice:
+    """The precision a fine-tune trains in (mixed precision: fp32 weights, bf16/fp16 compute).
+
+    Explicit values are checked and used. "auto" takes bf16 (fp16 on a GPU without it) only where a
+    training step of *this model* on *this device* measures at least MIN_SPEEDUP times faster than in
+    fp32; a CPU without bf16 kernels trains in fp32 without measuring. Remembered per machine and
+    model shape, like the inference choice.
+    """
+    if requested != "auto":
+        precision = resolve_precision(requested, device)
+        return PrecisionChoice(precision, f"{precision} (asked for)")
+    lower = ("bf16" if _cuda_supports_bf16() else "fp16") if device == "cuda" else "bf16"
+    if device == "cpu" and not _cpu_supports_bf16():
+        return PrecisionChoice("fp32", "auto on CPU: fp32 (no bf16 kernels on this CPU)")
+    key = {**tuning.model_key(model), "vocab_size": getattr(model.config, "vocab_size", None), "lower": lower}
+    decided = tuning.remembered("training-precision", key, lambda: vars(_compare_training_step(model, device, lower)))
+    return PrecisionChoice(**decided)
+
+
+def _compare_training_step(model, device: str, lower: str) -> PrecisionChoice:
+    """Time a forward and backward pass in fp32 and under `lower` autocast; the model is left as it was."""
+    import torch
+
+    was_training, original_device = model.training, next(model.parameters()).device
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(0)
+    high = max(int(getattr(model.config, "vocab_size", 1000) or 1000), 2)
+    ids = torch.randint(1, high, (PROBE_ROWS, PROBE_TOKENS), generator=generator).to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids[:, : PROBE_TOKENS // 4]
+    with torch.random.fork_rng(devices=[]):  # dropout here must not shift the job's own random stream
+        fp32_seconds = _time_step(model, inputs, device, None)
+        lower_seconds = _time_step(model, inputs, device, torch_dtype(lower))
+    model.zero_grad(set_to_none=True)
+    model.to(original_device).train(was_training)
+    speedup = fp32_seconds / lower_seconds
+    where = "GPU" if device == "cuda" else "CPU"
+    measured = f"{lower} {speedup:.2f}x fp32 per training step on a {PROBE_ROWS}x{PROBE_TOKENS} probe"
+    if speedup >= MIN_SPEEDUP:
+        return PrecisionChoice(lower, f"auto on {where}: {lower} ({measured})")
+    return PrecisionChoice("fp32", f"auto on {where}: fp32 ({measured})")
+
+
+def _time_step(model, inputs, device: str, dtype, repeats: int = 2) -> float:
+    """Return the fastest of `repeats` timed forward+backward passes, after one warm-up."""
+    import contextlib
+    import time
+
+    import torch
+
+    def step():
+        context = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with context:
+            output = model(**inputs)
+        output[0].float().mean().backward()
+
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _measured_cpu_choice(model) -> PrecisionChoice:

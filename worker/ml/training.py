@@ -22,7 +22,7 @@ from worker.ml.checkpoints import (
     prepare_checkpoints,
     summary_from_state,
 )
-from worker.ml.device import pick_device, resolve_precision
+from worker.ml.device import choose_training_precision, pick_device, resolve_precision
 from worker.ml.hooks import JobHooks
 from worker.params import FinetuneParams
 
@@ -80,6 +80,9 @@ def fit(
 
         set_seed(params.seed)  # a new head is initialised the same way on every attempt
         built = setup()
+        choice = choose_training_precision(built.model, params.precision, device)
+        precision = choice.precision
+        hooks.log(f"training precision: {choice.reason}")
         trainer = _build_trainer(params, built, checkpoint_dir, device, precision, hooks)
         result = _train_or_retry(trainer, resume, params.batch_size)
         hooks.check()  # training may have stopped early to checkpoint for a shutdown or time limit

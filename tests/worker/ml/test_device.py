@@ -94,3 +94,55 @@ def test_the_real_probe_on_this_machine_decides_and_says_why(model):
     assert dtype_of(model) == {"fp32": "torch.float32", "bf16": "torch.bfloat16"}[choice.precision]
     if device._cpu_supports_bf16():
         assert "x fp32 on a 16x128 probe" in choice.reason
+
+
+def test_int8_quantizes_the_linear_layers_and_keeps_the_predictions_close(model, tiny_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    reference = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    where, choice = device.place_for_inference(model, "int8")
+    assert (where, choice.precision) == ("cpu", "int8") and "dynamically quantized" in choice.reason
+    from torch.ao.nn.quantized import dynamic
+
+    assert any(isinstance(module, dynamic.Linear) for module in model.modules())
+    assert not any(type(module) is torch.nn.Linear for module in model.modules())
+    ids = torch.randint(1, reference.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        exact, quantized = reference(input_ids=ids).logits, model(input_ids=ids).logits
+    assert torch.allclose(exact, quantized, atol=0.1)  # rounded, not broken
+
+
+def test_training_on_a_cpu_without_bf16_kernels_is_fp32_without_measuring(model, monkeypatch):
+    monkeypatch.setattr(device, "_cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(device, "_time_step", lambda *a, **k: pytest.fail("measured"))
+    choice = device.choose_training_precision(model, "auto", "cpu")
+    assert choice.precision == "fp32" and "no bf16 kernels" in choice.reason
+
+
+@pytest.mark.parametrize(("fp32", "bf16", "expected"), [(0.30, 0.10, "bf16"), (0.10, 0.30, "fp32"), (0.11, 0.10, "fp32")])
+def test_training_takes_bf16_only_where_a_step_measures_clearly_faster(model, monkeypatch, fp32, bf16, expected):
+    monkeypatch.setattr(device, "_cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device, "_time_step", lambda _m, _i, _d, dtype, **_k: fp32 if dtype is None else bf16)
+    choice = device.choose_training_precision(model, "auto", "cpu")
+    assert choice.precision == expected and f"bf16 {fp32 / bf16:.2f}x fp32 per training step" in choice.reason
+
+
+def test_the_training_probe_leaves_the_model_and_the_random_stream_as_they_were(model):
+    import torch
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.eval()
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    device._compare_training_step(model, "cpu", "bf16")  # real passes, bf16 emulated where not native
+    assert torch.equal(torch.rand(3), expected_next)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_an_explicit_training_precision_is_checked(model):
+    assert device.choose_training_precision(model, "fp32", "cpu").precision == "fp32"
+    with pytest.raises(PermanentJobError, match="fp16 needs a CUDA GPU"):
+        device.choose_training_precision(model, "fp16", "cpu")
