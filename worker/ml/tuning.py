@@ -80,20 +80,22 @@ def model_key(model) -> dict:
 def batch_token_budget(model, limit: int) -> int:
     """Return the fastest token budget per batch for `model` on this machine, at most `limit`.
 
-    Measured with one forward pass per candidate budget (after a warm-up) on rows of PROBE_WIDTH
-    tokens: throughput grows with the batch until activations fall out of cache (CPU) or the device is
-    saturated, then flattens or drops. The smallest budget within NEAR_BEST of the best is chosen.
+    Measured with one forward pass per candidate budget up to `limit` (after a warm-up) on rows of
+    PROBE_WIDTH tokens: throughput grows with the batch until activations fall out of cache (CPU) or
+    the device is saturated, then flattens or drops. The smallest budget within NEAR_BEST of the best
+    is chosen: the same speed in less memory.
     """
-    measured = remembered("batch-tokens", model_key(model), lambda: _measure_budgets(model))
-    rates = {int(budget): rate for budget, rate in measured["tokens_per_second"].items()}
-    allowed = {budget: rate for budget, rate in rates.items() if budget <= limit}
-    if not allowed:
+    candidates = [budget for budget in BUDGET_CANDIDATES if budget <= limit]
+    if not candidates:
         return limit
-    best = max(allowed.values())
-    return min(budget for budget, rate in allowed.items() if rate >= NEAR_BEST * best)
+    key = {**model_key(model), "candidates": candidates}
+    measured = remembered("batch-tokens", key, lambda: _measure_budgets(model, candidates))
+    rates = {int(budget): rate for budget, rate in measured["tokens_per_second"].items()}
+    best = max(rates.values())
+    return min(budget for budget, rate in rates.items() if rate >= NEAR_BEST * best)
 
 
-def _measure_budgets(model) -> dict:
+def _measure_budgets(model, candidates: list[int]) -> dict:
     import torch
 
     high = max(int(getattr(model.config, "vocab_size", 1000) or 1000), 2)
@@ -101,12 +103,12 @@ def _measure_budgets(model) -> dict:
     rates: dict[str, float] = {}
     started = time.perf_counter()
     with torch.inference_mode():
-        for budget in BUDGET_CANDIDATES:
+        for budget in candidates:
             rows = max(budget // PROBE_WIDTH, 1)
             inputs = {"input_ids": torch.randint(1, high, (rows, PROBE_WIDTH), generator=generator).to(model.device),
                       "attention_mask": torch.ones(rows, PROBE_WIDTH, dtype=torch.long, device=model.device)}
             try:
-                seconds = _best_of(model, inputs, repeats=2 if budget <= 4096 else 1)
+                seconds = _best_of(model, inputs, repeats=2 if budget <= 2048 else 1)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break

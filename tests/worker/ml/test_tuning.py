@@ -26,9 +26,9 @@ def fake_rates(monkeypatch, rates: dict[int, float]) -> list[int]:
     """Make the probe report these tokens/s per budget; return the list of probes it ran."""
     probes = []
 
-    def measure(_model):
+    def measure(_model, candidates):
         probes.append(1)
-        return {"tokens_per_second": {str(budget): rate for budget, rate in rates.items()}}
+        return {"tokens_per_second": {str(b): rate for b, rate in rates.items() if b in candidates}}
 
     monkeypatch.setattr(tuning, "_measure_budgets", measure)
     return probes
@@ -40,9 +40,10 @@ def test_the_smallest_budget_near_the_fastest_wins(model, monkeypatch):
 
 
 def test_the_callers_budget_is_an_upper_bound(model, monkeypatch):
-    fake_rates(monkeypatch, {512: 500.0, 1024: 600.0, 2048: 1000.0})
+    probes = fake_rates(monkeypatch, {512: 500.0, 1024: 600.0, 2048: 1000.0})
     assert tuning.batch_token_budget(model, 1024) == 1024
     assert tuning.batch_token_budget(model, 300) == 300  # below every candidate: the caller's own
+    assert len(probes) == 1  # nothing measured past the caller's budget, nor below the smallest candidate
 
 
 def test_a_measurement_is_remembered_on_disk_for_later_processes(model, monkeypatch, tmp_path):
@@ -89,10 +90,11 @@ def test_a_damaged_record_is_measured_again(model, monkeypatch, tmp_path):
 
 
 def test_the_real_probe_measures_doubling_budgets_up_to_a_slowdown(model):
-    measured = tuning._measure_budgets(model)["tokens_per_second"]
+    candidates = [512, 1024, 2048, 4096, 8192]
+    measured = tuning._measure_budgets(model, candidates)["tokens_per_second"]
     budgets = [int(b) for b in measured]
-    assert budgets == list(tuning.BUDGET_CANDIDATES[: len(budgets)])
+    assert budgets == candidates[: len(budgets)]
     assert all(rate > 0 for rate in measured.values())
     rates = list(measured.values())
     # It stops at the first budget clearly slower than the best before it, or at the last candidate.
-    assert len(budgets) == len(tuning.BUDGET_CANDIDATES) or rates[-1] < tuning.SLOWER * max(rates[:-1])
+    assert len(budgets) == len(candidates) or rates[-1] < tuning.SLOWER * max(rates[:-1])
