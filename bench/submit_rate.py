@@ -1,0 +1,120 @@
+"""Submission rate: `POST /api/v1/jobs` from concurrent clients against bare Celery `send_task`.
+
+Starts the API (gunicorn, --api-workers processes), beat and an embedded Redis with no worker, so
+submitted jobs stay queued; then, in the same run and against the same Redis:
+
+- --clients threads, each with its own HTTP session, submit --jobs batch_inference jobs in all;
+- --clients threads publish --jobs bare Celery messages with `send_task` (one app, its producer pool).
+
+Prints jobs/s of each, their ratio, and the API's latency percentiles per request.
+
+    python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--database-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+from _common import command_line
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def run_threads(clients: int, total: int, send) -> tuple[float, list[float]]:
+    """Call `send(client_index)` `total` times from `clients` threads; return (wall s, latencies)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def work(index: int) -> None:
+        mine = []
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    break
+            started = time.perf_counter()
+            send(index)
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=4000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+
+    from celery import Celery
+
+    from nightshift.cli import ensure_local_token
+    from nightshift.client import Client
+    from nightshift.stack import Stack, free_port
+    from worker.config import Settings
+
+    with tempfile.TemporaryDirectory(prefix="nightshift-bench-") as data_dir:
+        settings = Settings.from_env(data_dir=data_dir, database_url=args.database_url, api_port=free_port(),
+                                     api_workers=args.api_workers)
+        stack = Stack(settings, workers=0)
+        settings = stack.start(redis_url=None)
+        try:
+            token = ensure_local_token(settings)
+            docs = Path(data_dir) / "docs.csv"
+            docs.write_text("text\nhello\n")
+            dataset = Client(settings.base_url, token).upload_dataset(docs, text_column="text")
+            sessions = [requests.Session() for _ in range(args.clients)]
+            for session in sessions:
+                session.headers["Authorization"] = f"Bearer {token}"
+            body = {"kind": "batch_inference", "params": {"model": "all-MiniLM-L6-v2", "dataset_id": dataset["id"]}}
+            url = f"{settings.base_url}/api/v1/jobs"
+
+            def post(index: int) -> None:
+                response = sessions[index].post(url, json=body, timeout=60)
+                assert response.status_code == 202, response.text
+
+            post(0)  # warm-up: connections, the first request of each process
+            api_wall, api_latencies = run_threads(args.clients, args.jobs, post)
+
+            app = Celery("bench", broker=settings.redis_url)
+            app.conf.broker_connection_retry_on_startup = True
+
+            def send(_index: int) -> None:
+                app.send_task("bench.sink", args=[1], queue="bench-sink")
+
+            send(0)
+            celery_wall, celery_latencies = run_threads(args.clients, args.jobs, send)
+        finally:
+            stack.stop()
+    database = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
+    print(f"command: {command_line()}")
+    print(f"{args.jobs} submissions from {args.clients} threads; API: gunicorn with {args.api_workers} workers, {database}")
+    print(f"{'':32}{'per s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}")
+    celery_rate = args.jobs / celery_wall
+    for name, wall, latencies in (("bare Celery send_task", celery_wall, celery_latencies),
+                                  ("POST /api/v1/jobs", api_wall, api_latencies)):
+        rate = args.jobs / wall
+        print(f"{name:32}{rate:9.1f}{rate / celery_rate:7.2f}x{statistics.median(latencies) * 1000:9.1f}"
+              f"{percentile(latencies, 0.99) * 1000:9.1f}{max(latencies) * 1000:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
