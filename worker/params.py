@@ -95,8 +95,14 @@ class BatchInferenceParams(_Params):
     batch_tokens: int = Field(
         default=16_384, ge=256, le=1_048_576, description="Token budget of one length-sorted batch."
     )
-    max_batch_size: int = Field(default=128, ge=1, le=4096)
-    chunk_rows: int = Field(default=2048, ge=16, le=1_000_000, description="Rows committed together.")
+    max_batch_size: int = Field(
+        default=1024, ge=1, le=4096, description="Most rows in one batch (the token budget usually binds first)."
+    )
+    chunk_rows: int | None = Field(
+        default=None, ge=16, le=1_000_000,
+        description="Rows committed together (and sorted by length together). Default: sized as the job runs so "
+                    "that a chunk takes about 30 s, which bounds the work a crash can lose.",
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         default="auto",
         description="auto: bf16 on a GPU (fp16 on older ones); on a CPU, bf16 where a probe of the model measures it "

@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 _remembered: dict[str, dict] = {}
 _directory: Path | None = None
 
-# Candidate token budgets, doubling; the probe stops once a larger budget is clearly slower.
+# Candidate token budgets, doubling; the probe stops at the first one clearly slower than the best
+# so far (the choice cannot fall past it).
 BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
-PROBE_WIDTH = 64  # tokens per probe row: typical of sentences and short documents
-SLOWER = 0.9  # a budget measured below this share of the best throughput so far ends the search
+PROBE_WIDTH = 64  # tokens per probe row; linear layers dominate, so cost follows tokens, not width
 NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
+WARM_UP_UP_TO = 2048  # smaller batches are timed after a warm-up pass (set-up costs weigh on them)
 
 
 def configure(directory: Path | str | None) -> None:
@@ -80,8 +81,7 @@ def model_key(model) -> dict:
 def batch_token_budget(model, limit: int) -> int:
     """Return the fastest token budget per batch for `model` on this machine, at most `limit`.
 
-    Measured with one forward pass per candidate budget up to `limit` (after a warm-up) on rows of
-    PROBE_WIDTH tokens: throughput grows with the batch until activations fall out of cache (CPU) or
+    Measured with a forward pass per candidate budget up to `limit` on rows of PROBE_WIDTH tokens: throughput grows with the batch until activations fall out of cache (CPU) or
     the device is saturated, then flattens or drops. The smallest budget within NEAR_BEST of the best
     is chosen: the same speed in less memory.
     """
@@ -108,22 +108,24 @@ def _measure_budgets(model, candidates: list[int]) -> dict:
             inputs = {"input_ids": torch.randint(1, high, (rows, PROBE_WIDTH), generator=generator).to(model.device),
                       "attention_mask": torch.ones(rows, PROBE_WIDTH, dtype=torch.long, device=model.device)}
             try:
-                seconds = _best_of(model, inputs, repeats=2 if budget <= 2048 else 1)
+                small = budget <= WARM_UP_UP_TO
+                seconds = _best_of(model, inputs, repeats=2 if small else 1, warm_up=small)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
             rates[str(budget)] = rows * PROBE_WIDTH / seconds
-            if rates[str(budget)] < SLOWER * max(rates.values()):
+            if rates[str(budget)] < NEAR_BEST * max(rates.values()):
                 break
     log.info("batch token budgets measured in %.1f s: %s", time.perf_counter() - started,
              {k: round(v) for k, v in rates.items()})
     return {"tokens_per_second": rates}
 
 
-def _best_of(model, inputs, *, repeats: int) -> float:
+def _best_of(model, inputs, *, repeats: int, warm_up: bool) -> float:
     import torch
 
-    model(**inputs)  # warm-up: kernels chosen, memory allocated
+    if warm_up:
+        model(**inputs)  # kernels chosen, memory allocated
     best = float("inf")
     for _ in range(repeats):
         if model.device.type == "cuda":

@@ -97,4 +97,4 @@ def test_the_real_probe_measures_doubling_budgets_up_to_a_slowdown(model):
     assert all(rate > 0 for rate in measured.values())
     rates = list(measured.values())
     # It stops at the first budget clearly slower than the best before it, or at the last candidate.
-    assert len(budgets) == len(candidates) or rates[-1] < tuning.SLOWER * max(rates[:-1])
+    assert len(budgets) == len(candidates) or rates[-1] < tuning.NEAR_BEST * max(rates[:-1])
