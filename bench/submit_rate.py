@@ -3,7 +3,7 @@
 Starts the API (gunicorn, --api-workers processes), beat and an embedded Redis with no worker, so
 submitted jobs stay queued; then, in the same run and against the same Redis:
 
-- --clients threads, each with its own HTTP session, submit --jobs batch_inference jobs in all;
+- --clients threads, each with its own HTTP session, submit --jobs fine-tune jobs in all;
 - --clients threads publish --jobs bare Celery messages with `send_task` (one app, its producer pool).
 
 Prints jobs/s of each, their ratio, and the API's latency percentiles per request.
@@ -78,13 +78,13 @@ def main() -> None:
         settings = stack.start(redis_url=None)
         try:
             token = ensure_local_token(settings)
-            docs = Path(data_dir) / "docs.csv"
-            docs.write_text("text\nhello\n")
-            dataset = Client(settings.base_url, token).upload_dataset(docs, text_column="text")
+            rows = Path(data_dir) / "train.csv"
+            rows.write_text("text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+            dataset = Client(settings.base_url, token).upload_dataset(rows, text_column="text", label_column="label")
             sessions = [requests.Session() for _ in range(args.clients)]
             for session in sessions:
                 session.headers["Authorization"] = f"Bearer {token}"
-            body = {"kind": "batch_inference", "params": {"model": "all-MiniLM-L6-v2", "dataset_id": dataset["id"]}}
+            body = {"kind": "finetune", "params": {"base_model": "all-MiniLM-L6-v2", "train_dataset_id": dataset["id"]}}
             url = f"{settings.base_url}/api/v1/jobs"
 
             def post(index: int) -> None:
