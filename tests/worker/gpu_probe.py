@@ -22,7 +22,9 @@ def gpu_probe(redis_url: str, key: str) -> None:
         "index": current_process().index,
         "pid": os.getpid(),
         "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "torch_imported": "torch" in sys.modules,
+        # The worker imports torch before forking (preload); what must not have happened yet is CUDA
+        # initialising, which reads CUDA_VISIBLE_DEVICES once.
+        "cuda_initialized": "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized(),
     }
     client = redis.Redis.from_url(redis_url)
     client.rpush(key, json.dumps(seen))

@@ -85,7 +85,7 @@ def test_a_worker_with_two_processes_pins_each_to_its_own_gpu(redis_url, tmp_pat
 
     assert {(s["index"], s["gpus"]) for s in seen} == {(0, "3"), (1, "5")}
     assert len({s["pid"] for s in seen}) > 2  # replaced processes (one job each) are pinned again
-    assert not any(s["torch_imported"] for s in seen)
+    assert not any(s["cuda_initialized"] for s in seen)
 
 
 def _start_worker(redis_url: str, data_dir: Path) -> subprocess.Popen:

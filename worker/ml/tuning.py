@@ -91,6 +91,8 @@ def batch_token_budget(model, limit: int) -> int:
     key = {**model_key(model), "candidates": candidates}
     measured = remembered("batch-tokens", key, lambda: _measure_budgets(model, candidates))
     rates = {int(budget): rate for budget, rate in measured["tokens_per_second"].items()}
+    if not rates:  # even the smallest batch ran out of GPU memory: batches split further as they run
+        return candidates[0]
     best = max(rates.values())
     return min(budget for budget, rate in rates.items() if rate >= NEAR_BEST * best)
 
@@ -107,6 +109,8 @@ def _measure_budgets(model, candidates: list[int]) -> dict:
             rows = max(budget // PROBE_WIDTH, 1)
             inputs = {"input_ids": torch.randint(1, high, (rows, PROBE_WIDTH), generator=generator).to(model.device),
                       "attention_mask": torch.ones(rows, PROBE_WIDTH, dtype=torch.long, device=model.device)}
+            if getattr(model.config, "is_encoder_decoder", False):  # the encoder pass and a short decoder prefix
+                inputs["decoder_input_ids"] = inputs["input_ids"][:, : PROBE_WIDTH // 4]
             try:
                 small = budget <= WARM_UP_UP_TO
                 seconds = _best_of(model, inputs, repeats=2 if small else 1, warm_up=small)

@@ -98,3 +98,13 @@ def test_the_real_probe_measures_doubling_budgets_up_to_a_slowdown(model):
     rates = list(measured.values())
     # It stops at the first budget clearly slower than the best before it, or at the last candidate.
     assert len(budgets) == len(candidates) or rates[-1] < tuning.NEAR_BEST * max(rates[:-1])
+
+
+def test_the_probe_runs_encoder_decoder_models_too():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config).eval()
+    measured = tuning._measure_budgets(model, [512, 1024])["tokens_per_second"]
+    assert measured and all(rate > 0 for rate in measured.values())
+    assert tuning.batch_token_budget(model, 1024) in (512, 1024)
