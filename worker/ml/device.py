@@ -8,7 +8,6 @@ from worker.errors import PermanentJobError
 from worker.ml import tuning
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamic quantization of linear layers, CPU only
 
 
 def pick_device() -> str:
@@ -97,7 +96,7 @@ def choose_training_precision(model, requested: str, device: str) -> PrecisionCh
     lower = ("bf16" if _cuda_supports_bf16() else "fp16") if device == "cuda" else "bf16"
     if device == "cpu" and not _cpu_supports_bf16():
         return PrecisionChoice("fp32", "auto on CPU: fp32 (no bf16 kernels on this CPU)")
-    key = {**tuning.model_key(model), "vocab_size": getattr(model.config, "vocab_size", None), "lower": lower}
+    key = {**tuning.model_key(model), "lower": lower}
     decided = tuning.remembered("training-precision", key, lambda: vars(_compare_training_step(model, device, lower)))
     return PrecisionChoice(**decided)
 
@@ -108,12 +107,7 @@ def _compare_training_step(model, device: str, lower: str) -> PrecisionChoice:
 
     was_training, original_device = model.training, next(model.parameters()).device
     model.to(device).train()
-    generator = torch.Generator().manual_seed(0)
-    high = max(int(getattr(model.config, "vocab_size", 1000) or 1000), 2)
-    ids = torch.randint(1, high, (PROBE_ROWS, PROBE_TOKENS), generator=generator).to(device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if getattr(model.config, "is_encoder_decoder", False):
-        inputs["decoder_input_ids"] = ids[:, : PROBE_TOKENS // 4]
+    inputs = tuning.probe_inputs(model, PROBE_ROWS, PROBE_TOKENS)
     with torch.random.fork_rng(devices=[]):  # dropout here must not shift the job's own random stream
         fp32_seconds = _time_step(model, inputs, device, None)
         lower_seconds = _time_step(model, inputs, device, torch_dtype(lower))
@@ -157,8 +151,7 @@ def _measured_cpu_choice(model) -> PrecisionChoice:
     if not _cpu_supports_bf16():
         return PrecisionChoice("fp32", "auto on CPU: fp32 (no bf16 kernels on this CPU)")
     # Measured once per machine and model shape, then remembered (in the process and on disk).
-    decided = tuning.remembered("precision", {**tuning.model_key(model), "vocab_size": model.config.vocab_size},
-                                lambda: vars(_compare_bf16_with_fp32(model)))
+    decided = tuning.remembered("precision", tuning.model_key(model), lambda: vars(_compare_bf16_with_fp32(model)))
     return PrecisionChoice(**decided)
 
 
@@ -168,11 +161,8 @@ def _compare_bf16_with_fp32(model) -> PrecisionChoice:
 
     import torch
 
-    generator = torch.Generator().manual_seed(0)
-    high = max(int(getattr(model.config, "vocab_size", 1000)), 2)
-    inputs = {"input_ids": torch.randint(1, high, (PROBE_ROWS, PROBE_TOKENS), generator=generator),
-              "attention_mask": torch.ones(PROBE_ROWS, PROBE_TOKENS, dtype=torch.long)}
     fp32 = model.float().eval()
+    inputs = tuning.probe_inputs(fp32, PROBE_ROWS, PROBE_TOKENS)
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     fp32_seconds, fp32_logits = _time_forward(fp32, inputs)
     bf16_seconds, bf16_logits = _time_forward(bf16, inputs)

@@ -75,7 +75,20 @@ def model_key(model) -> dict:
     config = model.config
     return {"class": type(model).__name__, "dtype": str(next(model.parameters()).dtype),
             **{name: getattr(config, name, None) for name in ("hidden_size", "num_hidden_layers", "intermediate_size",
-                                                                 "num_attention_heads", "d_model", "num_layers")}}
+                                                                 "num_attention_heads", "d_model", "num_layers",
+                                                                 "vocab_size")}}
+
+
+def probe_inputs(model, rows: int, width: int) -> dict:
+    """Random token ids of shape (rows, width) on the model's device, with what its forward needs."""
+    import torch
+
+    high = max(int(getattr(model.config, "vocab_size", 1000) or 1000), 2)
+    ids = torch.randint(1, high, (rows, width), generator=torch.Generator().manual_seed(0)).to(model.device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(model.config, "is_encoder_decoder", False):  # the encoder pass and a short decoder prefix
+        inputs["decoder_input_ids"] = ids[:, : max(width // 4, 1)]
+    return inputs
 
 
 def batch_token_budget(model, limit: int) -> int:
@@ -100,17 +113,12 @@ def batch_token_budget(model, limit: int) -> int:
 def _measure_budgets(model, candidates: list[int]) -> dict:
     import torch
 
-    high = max(int(getattr(model.config, "vocab_size", 1000) or 1000), 2)
-    generator = torch.Generator().manual_seed(0)
     rates: dict[str, float] = {}
     started = time.perf_counter()
     with torch.inference_mode():
         for budget in candidates:
             rows = max(budget // PROBE_WIDTH, 1)
-            inputs = {"input_ids": torch.randint(1, high, (rows, PROBE_WIDTH), generator=generator).to(model.device),
-                      "attention_mask": torch.ones(rows, PROBE_WIDTH, dtype=torch.long, device=model.device)}
-            if getattr(model.config, "is_encoder_decoder", False):  # the encoder pass and a short decoder prefix
-                inputs["decoder_input_ids"] = inputs["input_ids"][:, : PROBE_WIDTH // 4]
+            inputs = probe_inputs(model, rows, PROBE_WIDTH)
             try:
                 small = budget <= WARM_UP_UP_TO
                 seconds = _best_of(model, inputs, repeats=2 if small else 1, warm_up=small)
