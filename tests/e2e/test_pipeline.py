@@ -47,7 +47,9 @@ def test_finetune_registers_a_model_with_its_evaluation(trained):
     events = client.request("GET", f"/jobs/{job['id']}/events", params={"type": "metric"})["items"]
     assert any("loss" in e["data"] for e in events) and any("learning_rate" in e["data"] for e in events)
     logs = [e["message"] for e in client.request("GET", f"/jobs/{job['id']}/events", params={"type": "log"})["items"]]
-    assert any(m.startswith("training precision: auto on CPU: fp32") for m in logs), logs
+    # auto measures on this CPU: fp32 unless a bf16 training step runs clearly faster
+    chosen = [m.split(": ")[2].split(" ")[0] for m in logs if m.startswith("training precision: auto on CPU: ")]
+    assert chosen and chosen[0] in ("fp32", "bf16"), logs
 
 
 def test_evaluate_job_scores_a_registered_model(trained, tmp_path):

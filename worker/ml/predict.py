@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from worker.ml.device import place_for_inference
 from worker.ml.loading import label_names_of, load_classifier
-from worker.ml.tuning import batch_token_budget
+from worker.ml.tuning import budgets_by_width
 
 # Tokenizers without a usable limit report a huge sentinel as model_max_length.
 UNSET_MODEL_MAX_LENGTH = 1_000_000
@@ -98,19 +100,19 @@ def map_batches(model, tokenizer, encoded, *, step, batch_tokens: int, max_batch
     """Apply `step(inputs, batch)` to length-sorted batches of tokenizer output; one result per example, in order.
 
     `step` gets the padded tensors on the model's device and the example indices of the batch, and
-    returns one item per example (a sequence of len(batch)). `batch_tokens` is an upper bound: batches
-    hold the fastest budget up to it measured for this model on this machine (`tuning`). On GPU
-    out-of-memory a batch is split in two and retried.
+    returns one item per example (a sequence of len(batch)). `batch_tokens` is an upper bound: a batch
+    holds the fastest budget up to it measured for this model on this machine at the batch's padded
+    width (`tuning`). On GPU out-of-memory a batch is split in two and retried.
     """
     import torch
 
-    batch_tokens = batch_token_budget(model, batch_tokens)
     keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
     lengths = [len(ids) for ids in encoded["input_ids"]]
+    budget_of = budgets_by_width(model, batch_tokens, lengths, max_batch_size)
     results: list = [None] * len(lengths)
     done = 0
     with torch.inference_mode():
-        for batch in length_batches(lengths, batch_tokens=batch_tokens, max_batch_size=max_batch_size):
+        for batch in length_batches(lengths, batch_tokens=budget_of, max_batch_size=max_batch_size):
             for index, item in zip(batch, _run_batch(model, tokenizer, encoded, keys, batch, step)):
                 results[index] = item
             done += len(batch)
@@ -135,15 +137,21 @@ def _run_batch(model, tokenizer, encoded, keys, batch: list[int], step) -> list:
                 for item in _run_batch(model, tokenizer, encoded, keys, part, step)]
 
 
-def length_batches(lengths: list[int], *, batch_tokens: int, max_batch_size: int) -> list[list[int]]:
-    """Group indices longest first so each batch's padded size (longest * count) fits the budget."""
+def length_batches(
+    lengths: list[int], *, batch_tokens: int | Callable[[int], int], max_batch_size: int,
+) -> list[list[int]]:
+    """Group indices longest first so each batch's padded size (longest * count) fits the budget.
+
+    `batch_tokens` is one budget, or a function giving the budget for a batch of a padded width.
+    """
+    budget_of = batch_tokens if callable(batch_tokens) else (lambda _width: batch_tokens)
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
         # Sorted longest first, so the batch's first item sets its padded width.
         width = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) >= max_batch_size or width * (len(current) + 1) > batch_tokens):
+        if current and (len(current) >= max_batch_size or width * (len(current) + 1) > budget_of(width)):
             batches.append(current)
             current = []
         current.append(index)

@@ -28,7 +28,9 @@ _directory: Path | None = None
 # Candidate token budgets, doubling; the probe stops at the first one clearly slower than the best
 # so far (the choice cannot fall past it).
 BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
-PROBE_WIDTH = 64  # tokens per probe row; linear layers dominate, so cost follows tokens, not width
+PROBE_WIDTH = 64  # tokens per probe row when the caller names no width
+MIN_WIDTH = 16  # padded widths are measured in doubling buckets from here: 16, 32, 64, ...
+MEASURED_TOKEN_SHARE = 0.1  # a width bucket holding less of the tokens borrows its neighbour's budget
 NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
 WARM_UP_UP_TO = 2048  # smaller batches are timed after a warm-up pass (set-up costs weigh on them)
 
@@ -91,18 +93,21 @@ def probe_inputs(model, rows: int, width: int) -> dict:
     return inputs
 
 
-def batch_token_budget(model, limit: int) -> int:
-    """Return the fastest token budget per batch for `model` on this machine, at most `limit`.
+def batch_token_budget(model, limit: int, width: int = PROBE_WIDTH, max_rows: int | None = None) -> int:
+    """Return the fastest token budget per batch of rows `width` tokens wide for `model` here, at most `limit`.
 
-    Measured with a forward pass per candidate budget up to `limit` on rows of PROBE_WIDTH tokens: throughput grows with the batch until activations fall out of cache (CPU) or
-    the device is saturated, then flattens or drops. The smallest budget within NEAR_BEST of the best
-    is chosen: the same speed in less memory.
+    Measured with a forward pass per doubling candidate budget up to `limit` (and `max_rows` rows) on
+    rows of `width` tokens: throughput grows with the batch until activations fall out of cache (CPU)
+    or the device is saturated, then flattens or drops, and where it drops depends on the width
+    (attention grows with its square). The smallest budget within NEAR_BEST of the best is chosen:
+    the same speed in less memory.
     """
-    candidates = [budget for budget in BUDGET_CANDIDATES if budget <= limit]
+    candidates = [budget for budget in BUDGET_CANDIDATES
+                  if width <= budget <= limit and (max_rows is None or budget // width <= max_rows)]
     if not candidates:
         return limit
-    key = {**model_key(model), "candidates": candidates}
-    measured = remembered("batch-tokens", key, lambda: _measure_budgets(model, candidates))
+    key = {**model_key(model), "candidates": candidates, "width": width}
+    measured = remembered("batch-tokens", key, lambda: _measure_budgets(model, candidates, width))
     rates = {int(budget): rate for budget, rate in measured["tokens_per_second"].items()}
     if not rates:  # even the smallest batch ran out of GPU memory: batches split further as they run
         return candidates[0]
@@ -110,25 +115,59 @@ def batch_token_budget(model, limit: int) -> int:
     return min(budget for budget, rate in rates.items() if rate >= NEAR_BEST * best)
 
 
-def _measure_budgets(model, candidates: list[int]) -> dict:
+def width_bucket(width: int) -> int:
+    """The doubling bucket (16, 32, 64, ...) a batch padded to `width` tokens is measured in."""
+    bucket = MIN_WIDTH
+    while bucket < width:
+        bucket *= 2
+    return bucket
+
+
+def budgets_by_width(model, limit: int, lengths: list[int], max_rows: int | None = None) -> Callable[[int], int]:
+    """Return width -> token budget for batches of these rows, measuring the widths that matter.
+
+    Each width bucket holding at least MEASURED_TOKEN_SHARE of the rows' tokens (and always the
+    largest one) gets its own measured budget; the others borrow the nearest measured bucket's.
+    """
+    tokens: dict[int, int] = {}
+    for length in lengths:
+        bucket = width_bucket(length)
+        tokens[bucket] = tokens.get(bucket, 0) + length
+    if not tokens:
+        return lambda _width: limit
+    total = sum(tokens.values())
+    measured = {bucket for bucket, count in tokens.items() if count >= MEASURED_TOKEN_SHARE * total}
+    measured.add(max(tokens, key=tokens.__getitem__))
+    budgets = {bucket: batch_token_budget(model, limit, bucket, max_rows) for bucket in sorted(measured)}
+
+    def budget(width: int) -> int:
+        bucket = width_bucket(width)
+        if bucket not in budgets:
+            bucket = min(budgets, key=lambda b: (abs(b.bit_length() - bucket.bit_length()), b))
+        return budgets[bucket]
+
+    return budget
+
+
+def _measure_budgets(model, candidates: list[int], width: int = PROBE_WIDTH) -> dict:
     import torch
 
     rates: dict[str, float] = {}
     started = time.perf_counter()
     with torch.inference_mode():
         for budget in candidates:
-            rows = max(budget // PROBE_WIDTH, 1)
-            inputs = probe_inputs(model, rows, PROBE_WIDTH)
+            rows = max(budget // width, 1)
+            inputs = probe_inputs(model, rows, width)
             try:
                 small = budget <= WARM_UP_UP_TO
                 seconds = _best_of(model, inputs, repeats=2 if small else 1, warm_up=small)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
-            rates[str(budget)] = rows * PROBE_WIDTH / seconds
+            rates[str(budget)] = rows * width / seconds
             if rates[str(budget)] < NEAR_BEST * max(rates.values()):
                 break
-    log.info("batch token budgets measured in %.1f s: %s", time.perf_counter() - started,
+    log.info("batch token budgets at width %d measured in %.1f s: %s", width, time.perf_counter() - started,
              {k: round(v) for k, v in rates.items()})
     return {"tokens_per_second": rates}
 

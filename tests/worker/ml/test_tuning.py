@@ -22,13 +22,14 @@ def model(tiny_model):
     return AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
 
 
-def fake_rates(monkeypatch, rates: dict[int, float]) -> list[int]:
-    """Make the probe report these tokens/s per budget; return the list of probes it ran."""
+def fake_rates(monkeypatch, rates: dict[int, float], by_width: dict[int, dict[int, float]] | None = None) -> list[int]:
+    """Make the probe report these tokens/s per budget (per width if given); return the widths it probed."""
     probes = []
 
-    def measure(_model, candidates):
-        probes.append(1)
-        return {"tokens_per_second": {str(b): rate for b, rate in rates.items() if b in candidates}}
+    def measure(_model, candidates, width=tuning.PROBE_WIDTH):
+        probes.append(width)
+        chosen = (by_width or {}).get(width, rates)
+        return {"tokens_per_second": {str(b): rate for b, rate in chosen.items() if b in candidates}}
 
     monkeypatch.setattr(tuning, "_measure_budgets", measure)
     return probes
@@ -91,7 +92,7 @@ def test_a_damaged_record_is_measured_again(model, monkeypatch, tmp_path):
 
 def test_the_real_probe_measures_doubling_budgets_up_to_a_slowdown(model):
     candidates = [512, 1024, 2048, 4096, 8192]
-    measured = tuning._measure_budgets(model, candidates)["tokens_per_second"]
+    measured = tuning._measure_budgets(model, candidates, width=128)["tokens_per_second"]
     budgets = [int(b) for b in measured]
     assert budgets == candidates[: len(budgets)]
     assert all(rate > 0 for rate in measured.values())
@@ -108,3 +109,35 @@ def test_the_probe_runs_encoder_decoder_models_too():
     measured = tuning._measure_budgets(model, [512, 1024])["tokens_per_second"]
     assert measured and all(rate > 0 for rate in measured.values())
     assert tuning.batch_token_budget(model, 1024) in (512, 1024)
+
+
+def test_each_width_that_holds_many_tokens_gets_its_own_budget(model, monkeypatch):
+    # Long rows prefer smaller batches (attention grows with the square of the width).
+    probes = fake_rates(monkeypatch, {}, by_width={
+        32: {512: 500.0, 1024: 700.0, 2048: 900.0, 4096: 1000.0},
+        256: {512: 900.0, 1024: 1000.0, 2048: 800.0},
+    })
+    lengths = [20] * 300 + [200] * 40 + [90] * 2  # tokens: 6,000 at 32, 8,000 at 256, 180 at 128
+    budget = tuning.budgets_by_width(model, 16_384, lengths)
+    assert sorted(probes) == [32, 256]  # the 128 bucket holds too few tokens to measure
+    assert budget(20) == budget(32) == 4096
+    assert budget(200) == 1024
+    assert budget(90) == 1024  # borrowed from the nearest measured width (256 before 32)
+    assert budget(9) == 4096
+
+
+def test_a_width_measures_only_budgets_that_hold_a_row_and_fit_the_row_cap(model, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tuning, "_measure_budgets",
+                        lambda _m, candidates, width: seen.append((width, candidates)) or {"tokens_per_second": {}})
+    tuning.batch_token_budget(model, 16_384, width=1024)
+    tuning.batch_token_budget(model, 65_536, width=16, max_rows=128)
+    assert seen == [(1024, [1024, 2048, 4096, 8192, 16_384]), (16, [512, 1024, 2048])]
+
+
+def test_batches_follow_the_budget_of_their_width():
+    from worker.ml.predict import length_batches
+
+    lengths = [100] * 6 + [10] * 40
+    batches = length_batches(lengths, batch_tokens=lambda width: 200 if width > 50 else 400, max_batch_size=64)
+    assert [len(b) for b in batches] == [2, 2, 2, 40]
