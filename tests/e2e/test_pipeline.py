@@ -84,6 +84,7 @@ def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_pat
     assert reason.startswith(f"auto on CPU: {job['result']['precision']}")
     logs = client.request("GET", f"/jobs/{job['id']}/events", params={"type": "log"})["items"]
     assert f"precision: {reason}" in [e["message"] for e in logs]
+    assert 10 < job["result"]["peak_rss_mb"] < 64 * 1024  # the job process's own peak, in MiB
 
 
 def test_duplicate_delivery_of_one_message_runs_the_job_once(trained, system, tmp_path):

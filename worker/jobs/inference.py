@@ -81,8 +81,16 @@ def run(context: JobContext) -> Finalize:
         "label_names": predictor.label_names,
         "precision": predictor.precision,
         "precision_reason": predictor.precision_choice.reason,
+        "peak_rss_mb": _peak_rss_mb(),
     }
     return lambda session: {"result": summary, "output_path": str(predictions)}
+
+
+def _peak_rss_mb() -> float:
+    """The job process's peak resident memory so far, in MiB (for sizing machines to jobs)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
 def _reader(columns: dict[str, str]):
