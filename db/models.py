@@ -86,11 +86,14 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "id"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status", "id"),  # GET /jobs?status=..., newest first
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        # A queued job's place in its queue (higher priority first, then older), counted in the index alone.
+        Index("ix_jobs_queue_order", "status", "queue", "priority", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))  # ix_jobs_tenant_created
     kind: Mapped[str] = mapped_column(String(32))
     task: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
@@ -143,9 +146,11 @@ class JobDataset(Base):
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    # A job's events after a cursor, in id order, without reading (and sorting) all of them.
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     type: Mapped[str] = mapped_column(String(16))  # log | metric | status | rescue
     level: Mapped[str] = mapped_column(String(10), default="info")

@@ -164,7 +164,7 @@ def api_command(settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", "--bind", f"{settings.api_host}:{settings.api_port}",
         "--workers", str(settings.api_workers), "--timeout", "300", "--access-logfile", "-",
-        "api:create_app()",
+        "--config", "python:api.gunicorn_config", "api:create_app()",
     ]
 
 

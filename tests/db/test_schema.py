@@ -33,3 +33,12 @@ def test_queued_cannot_jump_to_succeeded():
         check_transition("queued", "succeeded")
     check_transition("queued", "running")
     check_transition("running", "queued")
+
+
+def test_migrations_create_the_indexes_the_models_declare(database_url):
+    engine = make_engine(database_url)
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        migrated = {index["name"] for index in inspector.get_indexes(table.name) if not index.get("unique")}
+        assert migrated == {index.name for index in table.indexes}, table.name
+    engine.dispose()
