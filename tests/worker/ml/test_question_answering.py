@@ -129,3 +129,16 @@ def test_fine_tune_learns_to_answer_and_the_predictor_returns_spans(reader_base,
     assert 0 < results[0]["score"] <= 1
     assert results[1] == {"row": 1, "error": "empty question"}
     assert results[2] == {"row": 2, "error": "empty question and context"}
+
+
+def test_a_short_window_batched_with_a_long_one_gets_a_span_inside_its_own_context(reader_base):
+    # Padded to the long window's length, the short window's best positions fell in its padding (an
+    # IndexError, as SQuAD fine-tunes hit at validation): candidates are the window's own tokens.
+    model, tokenizer = qa.load_reader(str(reader_base))
+    model.eval()
+    contexts = ["alice lives in oslo .", " ".join(["the weather was fine"] * 12) + " . bob works in rome ."]
+    spans = qa.answer_spans(model, tokenizer, ["where ?", "where does bob work ?"], contexts, max_length=64,
+                            batch_tokens=4096, max_batch_size=8)
+    for span, context in zip(spans, contexts):
+        assert 0 <= span["start"] <= span["end"] <= len(context) and span["text"] == context[span["start"]:span["end"]]
+        assert 0 <= span["score"] <= 1

@@ -193,9 +193,12 @@ def answer_spans(model, tokenizer, questions: list[str], contexts: list[str], *,
 
     def step(inputs, batch):
         output = model(**inputs)
-        start_p = torch.softmax(output.start_logits.float(), dim=-1).cpu()
-        end_p = torch.softmax(output.end_logits.float(), dim=-1).cpu()
-        return [(start_p[row], end_p[row]) for row in range(len(batch))]
+        starts, ends = output.start_logits.float().cpu(), output.end_logits.float().cpu()
+        # Over the window's own tokens only: a padding position is no answer (and, indexed into the
+        # shorter window, was out of range), and the scores do not depend on what it was batched with.
+        real = inputs["attention_mask"].bool().cpu()
+        return [(torch.softmax(starts[row][real[row]], dim=-1), torch.softmax(ends[row][real[row]], dim=-1))
+                for row in range(len(batch))]
 
     scored = map_batches(model, tokenizer, encoded, step=step, batch_tokens=batch_tokens,
                          max_batch_size=max_batch_size, on_batch=on_batch)
