@@ -22,7 +22,7 @@ from db.services.jobs import add_event, create_job, get_job, list_events, list_j
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
 from worker.ml.tasks import get_task, input_columns, untrained_for
-from worker.outbox import relay_outbox
+from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS, publish_submitted
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -56,7 +56,7 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
         session.rollback()
         job, created = _create(session, submission, key, datasets)
     if created:
-        _publish_now(job.id)
+        _publish_now(job)
     return job, created
 
 
@@ -73,15 +73,16 @@ def _create(session: Session, submission, key: str | None, datasets: list[tuple[
         max_attempts=submission.max_attempts or settings.max_attempts,
         idempotency_key=key,
         datasets=datasets,
+        publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS,
     )
 
 
-def _publish_now(job_id: int) -> None:
-    """Publish the job's outbox message; if the broker is down, beat's relay sends it later."""
+def _publish_now(job: Job) -> None:
+    """Publish the committed job's outbox message; if the broker is down, beat's relay sends it later."""
     try:
-        relay_outbox(services().session_factory, services().celery, job_ids=[job_id])
+        publish_submitted(services().engine, services().celery, job)
     except Exception:  # the job is committed; only the wake-up call is late
-        log.warning("could not publish job %s now; the relay will retry", job_id, exc_info=True)
+        log.warning("could not publish job %s now; the relay will retry", job.id, exc_info=True)
 
 
 def _check_references(session: Session, submission) -> list[tuple[int, str]]:
@@ -310,7 +311,7 @@ def resubmit(job_id: int) -> Job:
     job, _created = _create(session, submission, None, datasets)
     add_event(session, job.id, "log", f"retry of job {job_id}", data={"retry_of": job_id})
     session.commit()
-    _publish_now(job.id)
+    _publish_now(job)
     return job
 
 

@@ -42,8 +42,13 @@ def create_job(
     max_attempts: int = 3,
     idempotency_key: str | None = None,
     datasets: list[tuple[int, str]] = (),
+    publish_grace_seconds: float = 0.0,
 ) -> tuple[Job, bool]:
-    """Insert a queued job and its outbox message; return (job, created)."""
+    """Insert a queued job and its outbox message; return (job, created).
+
+    `publish_grace_seconds`: the caller sends the message itself after the commit; the relay sends it
+    only once this has passed unsent.
+    """
     if idempotency_key is not None:
         existing = session.scalars(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
@@ -71,24 +76,28 @@ def create_job(
         datasets=[JobDataset(dataset_id=d, role=role) for d, role in datasets],
     )
     session.add(job)
-    session.flush()
-    enqueue(session, job)
+    session.flush()  # the job's id; its message and event go out in the caller's commit, in one flush
+    session.add(_message_for(job, publish_grace_seconds))
     add_event(session, job.id, "status", f"{kind} job queued on '{queue}'", data={"status": "queued"})
     return job, True
 
 
 def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> OutboxMessage:
     """Add an outbox message that will wake a worker for `job`."""
-    message = OutboxMessage(
+    message = _message_for(job, delay_seconds)
+    session.add(message)
+    session.flush()
+    return message
+
+
+def _message_for(job: Job, delay_seconds: float) -> OutboxMessage:
+    return OutboxMessage(
         job_id=job.id,
         task_name=TASK_NAMES[job.kind],
         queue=job.queue,
         priority=job.priority,
         available_at=utcnow() + timedelta(seconds=delay_seconds),
     )
-    session.add(message)
-    session.flush()
-    return message
 
 
 def fail_queued_job(session: Session, job_id: int, *, code: str, reason: str) -> bool:

@@ -17,7 +17,13 @@ from db.services.tenants import get_or_create_tenant
 from worker.broker import pending_job_ids
 from worker.celery_app import make_celery
 from worker.config import Settings
-from worker.outbox import MAX_PUBLISH_FAILURES, relay_outbox
+from worker.outbox import (
+    BROKER_DOWN_ERRORS,
+    MAX_PUBLISH_FAILURES,
+    SUBMIT_PUBLISH_GRACE_SECONDS,
+    publish_submitted,
+    relay_outbox,
+)
 
 QUEUE = "outbox-test"
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
@@ -44,12 +50,18 @@ def celery(redis_url):
     client.close()
 
 
-def submit(session_factory, count: int) -> list[int]:
+def submit(session_factory, count: int, **options) -> list[int]:
     with session_factory.begin() as session:
         tenant = get_or_create_tenant(session, "acme")
         return [create_job(session, tenant_id=tenant.id, kind="evaluate", task="text-classification",
-                           params={"model": "m", "dataset_id": i}, queue=QUEUE)[0].id
+                           params={"model": "m", "dataset_id": i}, queue=QUEUE, **options)[0].id
                 for i in range(count)]
+
+
+def submit_as_the_api(session_factory) -> Job:
+    [job_id] = submit(session_factory, 1, publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS)
+    with session_factory() as session:
+        return session.get(Job, job_id)
 
 
 def message_of(session_factory, job_id: int) -> OutboxMessage | None:
@@ -115,3 +127,41 @@ def test_a_broker_outage_stops_the_batch_and_uses_up_no_attempt(session_factory)
     assert (first.sent_at, first.publish_attempts, second.publish_attempts) == (None, 0, 0)
     assert first.last_error.startswith("OperationalError") and second.last_error is None  # the batch stopped
     assert all([e.type for e in events_of(session_factory, job_id)] == ["status"] for job_id in jobs)
+
+
+def test_the_api_sends_a_new_jobs_message_itself_and_the_relay_leaves_it_alone(session_factory, celery, redis_url):
+    job = submit_as_the_api(session_factory)
+    assert relay_outbox(session_factory, celery) == 0  # in its grace: the API is sending it
+
+    publish_submitted(session_factory.kw["bind"], celery, job)
+
+    assert pending_job_ids(redis_url, [QUEUE], delivered_within_seconds=5) == {job.id}
+    message = message_of(session_factory, job.id)
+    assert message.sent_at is not None and message.publish_attempts == 1
+    make_due(session_factory)
+    assert relay_outbox(session_factory, celery) == 0  # sent: never sent twice
+
+
+def test_a_new_jobs_message_the_api_could_not_send_is_due_for_the_relay_at_once(session_factory, celery, redis_url):
+    job = submit_as_the_api(session_factory)
+    unreachable = make_celery(Settings(redis_url=CLOSED_PORT_URL, queue_evaluate=QUEUE))
+
+    with pytest.raises(BROKER_DOWN_ERRORS):
+        publish_submitted(session_factory.kw["bind"], unreachable, job)
+
+    message = message_of(session_factory, job.id)
+    assert (message.sent_at, message.publish_attempts) == (None, 0)
+    assert message.available_at <= utcnow() and message.last_error.startswith("OperationalError")
+    assert relay_outbox(session_factory, celery) == 1
+    assert pending_job_ids(redis_url, [QUEUE], delivered_within_seconds=5) == {job.id}
+
+
+def test_a_new_job_whose_api_died_before_sending_is_sent_by_the_relay_after_the_grace(session_factory, celery,
+                                                                                      redis_url):
+    job = submit_as_the_api(session_factory)
+    assert relay_outbox(session_factory, celery) == 0
+
+    make_due(session_factory)  # the grace has passed and the API never sent it
+
+    assert relay_outbox(session_factory, celery) == 1
+    assert pending_job_ids(redis_url, [QUEUE], delivered_within_seconds=5) == {job.id}
