@@ -7,7 +7,8 @@ exactly one line per input row, in input order.
 A chunk is also the window rows are sorted by length in, so larger chunks pad less; unless the job
 fixes `chunk_rows`, each chunk is sized from the rate of the one before to take about CHUNK_SECONDS,
 which bounds what a crash can lose on any device and task (a GPU classifier's 30 s are far more rows
-than a CPU translator's).
+than a CPU translator's), and holds at most MAX_CHUNK_ROWS rows, which bounds its memory: a job over a
+million rows peaks where one over ten thousand does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from worker.lifecycle import Finalize, JobContext
 
 CHUNK_SECONDS = 30.0
 FIRST_CHUNK_ROWS = 256  # measured first, so the job shows progress early
-MAX_CHUNK_ROWS = 65_536
+MAX_CHUNK_ROWS = 16_384  # what a chunk holds (ids, results) bounds the job's memory, whatever the row count
 
 
 def run(context: JobContext) -> Finalize:

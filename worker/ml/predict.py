@@ -13,6 +13,9 @@ from worker.ml.tuning import budgets_by_width
 
 # Tokenizers without a usable limit report a huge sentinel as model_max_length.
 UNSET_MODEL_MAX_LENGTH = 1_000_000
+# Texts tokenized per call: a fast tokenizer's result keeps an Encoding object of several KB per text
+# (tokens, offsets, word ids) besides the id lists; a slice's Encodings are freed before the next.
+TOKENIZE_SLICE = 1024
 
 
 def effective_max_length(tokenizer, max_length: int) -> int:
@@ -84,7 +87,7 @@ def predict_probabilities(
     """Run `model` over `texts` in length-sorted, padding-light batches; return probabilities in order."""
     import torch
 
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    encoded = tokenize_lean(tokenizer, texts, truncation=True, max_length=max_length)
 
     def step(inputs, _batch):
         return torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
@@ -94,6 +97,21 @@ def predict_probabilities(
     if not rows:
         return torch.empty(0, model.config.num_labels, dtype=torch.float32)
     return torch.stack(rows)
+
+
+def tokenize_lean(tokenizer, texts: list[str], **options) -> dict[str, list]:
+    """Tokenize `texts` into plain lists of ids by key, a slice at a time, keeping no Encoding objects.
+
+    The attention masks are dropped (all ones before padding; `tokenizer.pad` rebuilds them): memory
+    then grows by the ids alone, about a third of what the full result holds.
+    """
+    encoded: dict[str, list] = {}
+    for start in range(0, len(texts), TOKENIZE_SLICE):
+        part = tokenizer(list(texts[start:start + TOKENIZE_SLICE]), **options)
+        for key, values in part.items():
+            if key != "attention_mask":
+                encoded.setdefault(key, []).extend(values)
+    return encoded
 
 
 def map_batches(model, tokenizer, encoded, *, step, batch_tokens: int, max_batch_size: int, on_batch=None) -> list:
@@ -126,7 +144,7 @@ def _run_batch(model, tokenizer, encoded, keys, batch: list[int], step) -> list:
 
     try:
         features = {key: [encoded[key][i] for i in batch] for key in keys}
-        inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
+        inputs = tokenizer.pad(features, return_attention_mask=True, return_tensors="pt").to(model.device)
         return list(step(inputs, batch))
     except torch.cuda.OutOfMemoryError:
         if len(batch) == 1:

@@ -337,3 +337,17 @@ def test_gpu_out_of_memory_splits_the_batch_and_keeps_the_order(trained_model):
     got = predict_probabilities(SmallMemory(predictor.model), predictor.tokenizer, texts, max_length=64,
                                 batch_tokens=4096, max_batch_size=64)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_lean_tokenization_keeps_the_ids_of_every_slice_and_no_encodings(tiny_classifier, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from worker.ml import predict
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    texts = [f"good {'bad ' * i}day" for i in range(10)]
+    monkeypatch.setattr(predict, "TOKENIZE_SLICE", 3)  # four slices, the last one short
+    lean = predict.tokenize_lean(tokenizer, texts, truncation=True, max_length=8)
+    full = tokenizer(texts, truncation=True, max_length=8)
+    assert set(lean) == set(full) - {"attention_mask"} and type(lean) is dict
+    assert all(lean[key] == full[key] for key in lean)
