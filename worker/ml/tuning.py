@@ -25,14 +25,16 @@ log = logging.getLogger(__name__)
 _remembered: dict[str, dict] = {}
 _directory: Path | None = None
 
-# Candidate token budgets, doubling; the probe stops at the first one clearly slower than the best
-# so far (the choice cannot fall past it).
+# Candidate token budgets, doubling; the probe stops once SLOWER_IN_A_ROW of them in a row are
+# clearly slower than the best so far.
 BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
 PROBE_WIDTH = 64  # tokens per probe row when the caller names no width
 MIN_WIDTH = 16  # padded widths are measured in doubling buckets from here: 16, 32, 64, ...
 MEASURED_TOKEN_SHARE = 0.1  # a width bucket holding less of the tokens borrows its neighbour's budget
 NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
-WARM_UP_UP_TO = 2048  # smaller batches are timed after a warm-up pass (set-up costs weigh on them)
+WARM_UP_UP_TO = 4096  # batches up to this are timed best of 3 after a warm-up (set-up costs and noise weigh on them)
+SLOWER_IN_A_ROW = 2  # the probe stops after this many candidates in a row clearly slower than the best: one slow
+#                      pass on a shared machine must not end the search
 
 
 def configure(directory: Path | str | None) -> None:
@@ -96,8 +98,8 @@ def probe_inputs(model, rows: int, width: int) -> dict:
 def batch_token_budget(model, limit: int, width: int = PROBE_WIDTH, max_rows: int | None = None) -> int:
     """Return the fastest token budget per batch of rows `width` tokens wide for `model` here, at most `limit`.
 
-    Measured with a forward pass per doubling candidate budget up to `limit` (and `max_rows` rows) on
-    rows of `width` tokens: throughput grows with the batch until activations fall out of cache (CPU)
+    Measured with forward passes (best of a few) per doubling candidate budget up to `limit` (and
+    `max_rows` rows) on rows of `width` tokens: throughput grows with the batch until activations fall out of cache (CPU)
     or the device is saturated, then flattens or drops, and where it drops depends on the width
     (attention grows with its square). The smallest budget within NEAR_BEST of the best is chosen:
     the same speed in less memory.
@@ -153,6 +155,7 @@ def _measure_budgets(model, candidates: list[int], width: int = PROBE_WIDTH) -> 
     import torch
 
     rates: dict[str, float] = {}
+    slower = 0
     started = time.perf_counter()
     with torch.inference_mode():
         for budget in candidates:
@@ -160,12 +163,13 @@ def _measure_budgets(model, candidates: list[int], width: int = PROBE_WIDTH) -> 
             inputs = probe_inputs(model, rows, width)
             try:
                 small = budget <= WARM_UP_UP_TO
-                seconds = _best_of(model, inputs, repeats=2 if small else 1, warm_up=small)
+                seconds = _best_of(model, inputs, repeats=3 if small else 2, warm_up=small)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
             rates[str(budget)] = rows * width / seconds
-            if rates[str(budget)] < NEAR_BEST * max(rates.values()):
+            slower = slower + 1 if rates[str(budget)] < NEAR_BEST * max(rates.values()) else 0
+            if slower >= SLOWER_IN_A_ROW:
                 break
     log.info("batch token budgets at width %d measured in %.1f s: %s", width, time.perf_counter() - started,
              {k: round(v) for k, v in rates.items()})

@@ -97,8 +97,9 @@ def test_the_real_probe_measures_doubling_budgets_up_to_a_slowdown(model):
     assert budgets == candidates[: len(budgets)]
     assert all(rate > 0 for rate in measured.values())
     rates = list(measured.values())
-    # It stops at the first budget clearly slower than the best before it, or at the last candidate.
-    assert len(budgets) == len(candidates) or rates[-1] < tuning.NEAR_BEST * max(rates[:-1])
+    # It stops after two budgets in a row clearly slower than the best before each, or at the last candidate.
+    assert len(budgets) == len(candidates) or all(
+        rates[i] < tuning.NEAR_BEST * max(rates[:i]) for i in (len(rates) - 2, len(rates) - 1))
 
 
 def test_the_probe_runs_encoder_decoder_models_too():
@@ -141,3 +142,14 @@ def test_batches_follow_the_budget_of_their_width():
     lengths = [100] * 6 + [10] * 40
     batches = length_batches(lengths, batch_tokens=lambda width: 200 if width > 50 else 400, max_batch_size=64)
     assert [len(b) for b in batches] == [2, 2, 2, 40]
+
+
+def test_one_slow_pass_does_not_end_the_search(model, monkeypatch):
+    # tokens/s per budget as a shared machine may measure them: 1,024 hit a busy moment.
+    rates = {512: 8000.0, 1024: 7000.0, 2048: 8600.0, 4096: 8700.0, 8192: 7000.0, 16_384: 6000.0, 32_768: 9000.0}
+    monkeypatch.setattr(tuning, "_best_of", lambda _m, inputs, **_k: inputs["input_ids"].numel() / rates[inputs["input_ids"].numel()])
+    measured = tuning._measure_budgets(model, list(rates), width=64)["tokens_per_second"]
+    assert [int(b) for b in measured] == [512, 1024, 2048, 4096, 8192, 16_384]  # stops after two slower in a row
+    tuning._remembered.clear()
+    monkeypatch.setattr(tuning, "_measure_budgets", lambda *_a, **_k: {"tokens_per_second": measured})
+    assert tuning.batch_token_budget(model, 65_536) == 2048  # the smallest within 3% of the best (4,096)
