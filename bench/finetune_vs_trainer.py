@@ -176,20 +176,27 @@ def text_classification(folder: Path, rows: int) -> Case:
         return (client.upload_dataset(train_csv, text_column="text", label_column="label")["id"],
                 client.upload_dataset(validation_csv, text_column="text", label_column="label")["id"])
 
-    def bare_setup():
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    bare_setup = minilm_setup("AutoModelForSequenceClassification", "DataCollatorWithPadding", task._encode,
+                              train, sorted({label for _, label in train}), params["max_length"])
+    return Case("text-classification", "MiniLM-L6 (22.7M, pretrained)", "all-MiniLM-L6-v2", rows, params,
+                upload, bare_setup)
+
+
+def minilm_setup(model_class: str, collator_class: str, encode, train, names: list[str], max_length: int):
+    """The bare script's (model, tokenizer, encoded rows, collator) for a MiniLM task, encoded by the task's own `encode`."""
+
+    def setup():
+        import transformers
 
         from worker.ml.data import Examples
 
-        labels = sorted({label for _, label in train})
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=len(labels))
-        encoded = task._encode(tokenizer, Examples([t for t, _ in train], [label for _, label in train]),
-                               {label: i for i, label in enumerate(labels)}, params["max_length"])
-        return model, tokenizer, encoded, DataCollatorWithPadding(tokenizer)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+        model = getattr(transformers, model_class).from_pretrained(minilm_path(), num_labels=len(names))
+        encoded = encode(tokenizer, Examples([text for text, _ in train], [target for _, target in train]),
+                         {name: i for i, name in enumerate(names)}, max_length)
+        return model, tokenizer, encoded, getattr(transformers, collator_class)(tokenizer)
 
-    return Case("text-classification", "MiniLM-L6 (22.7M, pretrained)", "all-MiniLM-L6-v2", rows, params,
-                upload, bare_setup)
+    return setup
 
 
 def token_classification(folder: Path, rows: int) -> Case:
@@ -209,18 +216,8 @@ def token_classification(folder: Path, rows: int) -> Case:
             ids.append(client.upload_dataset(folder / name, task="token-classification")["id"])
         return ids[0], ids[1]
 
-    def bare_setup():
-        from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
-
-        from worker.ml.data import Examples
-
-        tag_names = task._tag_order(known)
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        model = AutoModelForTokenClassification.from_pretrained(minilm_path(), num_labels=len(tag_names))
-        encoded = task._encode(tokenizer, Examples([t for t, _ in train], [tags for _, tags in train]),
-                               {name: i for i, name in enumerate(tag_names)}, params["max_length"])
-        return model, tokenizer, encoded, DataCollatorForTokenClassification(tokenizer)
-
+    bare_setup = minilm_setup("AutoModelForTokenClassification", "DataCollatorForTokenClassification", task._encode,
+                              train, task._tag_order(known), params["max_length"])
     return Case("token-classification", "MiniLM-L6 (22.7M, pretrained)", "all-MiniLM-L6-v2", rows, params,
                 upload, bare_setup)
 
