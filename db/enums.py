@@ -13,6 +13,7 @@ class TokenRole(StrEnum):
 
 
 class JobStatus(StrEnum):
+    WAITING = "waiting"  # a pipeline step whose dependency has not succeeded yet: no message, no worker
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -28,7 +29,10 @@ TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.
 
 # running -> queued is a hand-back: lease expired, worker shut down, or a transient error.
 # running -> running is a re-claim of an expired lease by a new attempt.
+# waiting -> queued releases a pipeline step when the step it depends on succeeds; waiting -> cancelled
+# when that step fails or is cancelled (or the user cancels it).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(
         {

@@ -131,7 +131,24 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
+    # A pipeline step: its pipeline, its name there, and the job it waits for (status `waiting` until
+    # that one succeeds). The dependency lives in these columns, so it survives any process dying.
+    pipeline_id: Mapped[int | None] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
+    pipeline_step: Mapped[str | None] = mapped_column(String(64))
+    depends_on_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("jobs.id"), index=True)
+
     datasets: Mapped[list[JobDataset]] = relationship(cascade="all, delete-orphan")
+
+
+class Pipeline(Base):
+    """Jobs submitted together as steps, each starting when the one it depends on succeeds."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class JobDataset(Base):

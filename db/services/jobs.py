@@ -111,7 +111,15 @@ def fail_queued_job(session: Session, job_id: int, *, code: str, reason: str) ->
     if failed:
         add_event(session, job_id, "status", f"job failed: {reason}", level="error",
                   data={"status": "failed", "error_code": code})
+        _advance_pipelines(session, job_id)
     return failed
+
+
+def _advance_pipelines(session: Session, job_id: int) -> None:
+    """Release or cancel the pipeline steps waiting on a job that just ended, in the same transaction."""
+    from db.services.pipelines import advance  # it builds jobs with this module's functions
+
+    advance(session, ended=[job_id])
 
 
 def get_job(session: Session, tenant_id: int, job_id: int) -> Job:
@@ -207,18 +215,20 @@ def list_events(
 
 
 def request_cancel(session: Session, tenant_id: int, job_id: int) -> Job:
-    """Cancel a queued job at once, or flag a running one for its heartbeat to stop."""
+    """Cancel a queued or waiting job at once, or flag a running one for its heartbeat to stop."""
     job = get_job(session, tenant_id, job_id)
     if JobStatus(job.status).terminal:
         raise Conflict(f"job {job_id} already {job.status}; nothing to cancel", code="job_finished")
     now = utcnow()
+    before = JobStatus(job.status) if job.status in (JobStatus.QUEUED, JobStatus.WAITING) else JobStatus.QUEUED
     cancelled_now = session.execute(
         update(Job)
-        .where(Job.id == job_id, status_guard(JobStatus.QUEUED, JobStatus.CANCELLED))
+        .where(Job.id == job_id, status_guard(before, JobStatus.CANCELLED))
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
     ).rowcount
     if cancelled_now:
         add_event(session, job_id, "status", "cancelled before it started", data={"status": "cancelled"})
+        _advance_pipelines(session, job_id)
     else:
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now))
         add_event(session, job_id, "log", "cancel requested; the worker stops at its next heartbeat")

@@ -18,6 +18,7 @@ from db.base import utcnow
 from db.enums import JobStatus, check_transition
 from db.models import Job
 from db.services.jobs import add_event, enqueue, status_guard
+from db.services.pipelines import advance
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def finish_job(
             data={"status": str(status), "error_code": error_code}, epoch=lease.epoch,
             level="error" if status == JobStatus.FAILED else "info",
         )
+        advance(session, ended=[lease.job_id])  # pipeline steps waiting on this job
     return done
 
 
@@ -238,6 +240,7 @@ def end_lost_attempt(
         action = "hard_time_limit" if values["error_code"] == "time_limit" else str(how)
         add_event(session, job.id, "status", f"job failed: {reason}", level="error",
                   data={"status": "failed", "error_code": values["error_code"], "action": action})
+        advance(session, ended=[job.id])
     return outcome
 
 
