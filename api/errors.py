@@ -42,7 +42,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):
         fields = [
-            {"field": _field(err), "message": err["msg"], "input": _short(err.get("input"))}
+            {"field": field_of(err), "message": err["msg"], "input": _short(err.get("input"))}
             for err in exc.errors(include_url=False)
         ]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
@@ -72,7 +72,7 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(500, "internal_error", "the server failed; the error was logged")
 
 
-def _field(err) -> str:
+def field_of(err) -> str:
     """Name the field of a validation error; a bad or missing union tag names the tag field."""
     loc = [str(part) for part in err["loc"]]
     while loc and (loc[0] in JOB_KINDS or loc[0] in TASKS):  # the unions' tags add nothing the user wrote

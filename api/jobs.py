@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from pathlib import Path
 
 from flask import Blueprint, jsonify, request, send_file
@@ -19,6 +20,7 @@ from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
 from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, request_cancel
+from db.services.pipelines import STEP_REFERENCE
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
 from worker.ml.tasks import get_task, input_columns, untrained_for
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
 IDEMPOTENCY_KEY_MAX = 200
+# The steps whose models the submission being checked may name as "@step" (set while a pipeline's steps are checked).
+STEP_MODELS: ContextVar[frozenset[str]] = ContextVar("step_models", default=frozenset())
 LABELS_NAMED = 10  # labels quoted in an error message; details carry them all
 
 
@@ -239,6 +243,11 @@ def _check_model(session: Session, ref: str, field: str, task: str | None = None
 
     With `task` (evaluate, batch inference), a saved model must already have that task's head.
     """
+    if ref.startswith(STEP_REFERENCE):
+        if ref.removeprefix(STEP_REFERENCE) in STEP_MODELS.get():
+            return None  # the model an earlier pipeline step registers: checked when this step is released
+        raise InvalidInput(f"{field}: '{ref}' names a pipeline step; only a step of a pipeline (POST /pipelines) can "
+                           "use the model an earlier step registers", code="step_reference", details={"field": field})
     artifact = resolve_model(session, tenant_id(), ref)
     if artifact is not None:
         return artifact

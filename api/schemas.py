@@ -137,6 +137,9 @@ class JobOut(_Out):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     updated_at: UtcDatetime
+    pipeline_id: int | None = Field(description="The pipeline this job is a step of.")
+    pipeline_step: str | None = Field(description="Its step's name in that pipeline.")
+    depends_on_id: int | None = Field(description="The job this step waits for (status waiting until it succeeds).")
 
 
 class JobList(BaseModel):
@@ -145,7 +148,7 @@ class JobList(BaseModel):
 
 
 class JobListQuery(_In):
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    status: Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"] | None = None
     kind: Literal["finetune", "evaluate", "batch_inference"] | None = None
     task: Literal[TASKS] | None = None  # type: ignore[valid-type]
     model: str | None = Field(default=None, max_length=200, description="Jobs that use or register this model name.")
@@ -231,3 +234,63 @@ def job_out(job) -> dict[str, Any]:
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     data = {c: getattr(job, c) for c in JobOut.model_fields if hasattr(job, c) and c not in ("progress", "error")}
     return JobOut(progress=progress, error=error, **data).model_dump(mode="json")
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+class StepIn(_In):
+    """One step: a job submission (as POST /jobs takes) with a name, and the step it waits for."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="The step's name; a later step's `base_model` or `model` may be `@name`: the "
+                                  "model this step registers.")
+    after: str | None = Field(default=None, description="The step this one starts after (it must succeed first); "
+                                                         "default: the step before it in the list.")
+    kind: str = Field(description="finetune, evaluate, batch_inference or pretrain.")
+    task: str | None = Field(default=None, description="As in POST /jobs.")
+    params: dict[str, Any] = Field(description="As in POST /jobs.")
+    priority: int = Field(default=5, ge=0, le=9)
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+
+
+class PipelineIn(_In):
+    """Jobs that run one after another (or branch), each starting when the step it names has succeeded."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    steps: list[StepIn] = Field(min_length=1, max_length=20)
+
+
+class StepOut(BaseModel):
+    name: str
+    after: str | None
+    job: JobOut
+
+
+class PipelineOut(_Out):
+    id: int
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
+        description="running once a step has started; at the end succeeded if every step did, failed if one "
+                    "failed (the steps after it are cancelled with the reason), else cancelled.")
+    progress: float = Field(description="Mean progress of the steps, 0 to 1.")
+    created_at: UtcDatetime
+    steps: list[StepOut]
+
+
+class PipelineList(BaseModel):
+    items: list[PipelineOut]
+    next_cursor: int | None
+
+
+class PipelineListQuery(_In):
+    cursor: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="`next_cursor` of the previous page.")
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class PipelineEventOut(EventOut):
+    job_id: int
+    pipeline_step: str
+
+
+class PipelineEventList(BaseModel):
+    items: list[PipelineEventOut]
+    next_cursor: int = Field(description="Pass as `after` to get only newer events.")

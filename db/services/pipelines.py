@@ -58,10 +58,12 @@ def step_references(params: dict[str, Any]) -> dict[str, str]:
             if isinstance(value := params.get(key), str) and value.startswith(STEP_REFERENCE)}
 
 
-def create_pipeline(session: Session, *, tenant_id: int, name: str | None, steps: list[Step]) -> Pipeline:
+def create_pipeline(session: Session, *, tenant_id: int, name: str | None, steps: list[Step],
+                    publish_grace_seconds: float = 0.0) -> Pipeline:
     """Insert the pipeline and one job per step; steps without `after` are queued at once.
 
     Steps come in an order where each one's `after` names an earlier step (the caller checked).
+    `publish_grace_seconds` as in `create_job`, for the steps queued at once.
     """
     pipeline = Pipeline(tenant_id=tenant_id, name=name)
     session.add(pipeline)
@@ -71,7 +73,7 @@ def create_pipeline(session: Session, *, tenant_id: int, name: str | None, steps
         if step.after is None:
             job, _ = create_job(session, tenant_id=tenant_id, kind=step.kind, task=step.task, params=step.params,
                                 queue=step.queue, priority=step.priority, max_attempts=step.max_attempts,
-                                datasets=step.datasets)
+                                datasets=step.datasets, publish_grace_seconds=publish_grace_seconds)
         else:
             job = _waiting_job(session, tenant_id, step, jobs[step.after])
         job.pipeline_id, job.pipeline_step = pipeline.id, step.name

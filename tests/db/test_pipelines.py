@@ -14,10 +14,10 @@ from db.services.tenants import get_or_create_tenant
 
 
 def chain(session_factory, *names: str) -> tuple[int, int, dict[str, int]]:
-    """Create a pipeline pretrain -> finetune (-> more finetunes) whose later steps name the step before."""
+    """Create a pipeline of finetunes, each later one starting from the model of the step before."""
     with session_factory() as session, session.begin():
         tenant = get_or_create_tenant(session, "acme")
-        steps = [Step(name=names[0], kind="pretrain", task="language-modeling", queue="cpu",
+        steps = [Step(name=names[0], kind="finetune", task="text-classification", queue="cpu",
                       params={"base_model": "base", "train_dataset_id": 1})]
         for before, name in zip(names, names[1:]):
             steps.append(Step(name=name, kind="finetune", task="text-classification", queue="cpu", after=before,

@@ -1,0 +1,199 @@
+"""Pipelines: several jobs from one request, each step starting when the step it names has succeeded.
+
+Every step is checked as POST /jobs checks a job (its parameters, datasets and models), except that
+a `base_model` or `model` of `@name` stands for the model step `name` registers, which is checked
+when the step is released. The steps are ordinary job rows (db/services/pipelines.py keeps their
+order); a pipeline's status and progress are read from them.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from pydantic import ValidationError
+
+from api import db_session, services
+from api.auth import tenant_id
+from api.errors import field_of
+from api.jobs import STEP_MODELS, _check_references, _publish_now
+from api.openapi import parse_body, parse_query, spec
+from api.schemas import (
+    EventQuery,
+    JobIn,
+    PipelineEventList,
+    PipelineEventOut,
+    PipelineIn,
+    PipelineList,
+    PipelineListQuery,
+    PipelineOut,
+    StepIn,
+    job_out,
+)
+from db.enums import JobStatus
+from db.errors import InvalidInput
+from db.models import Job, Pipeline
+from db.services.pipelines import (
+    Step,
+    cancel_pipeline,
+    create_pipeline,
+    get_pipeline,
+    list_pipelines,
+    pipeline_events,
+    pipeline_steps,
+    step_references,
+    summarize,
+)
+from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS
+
+bp = Blueprint("pipelines", __name__)
+
+MODEL_MAKING_KINDS = ("finetune", "pretrain")
+
+
+@bp.post("/pipelines")
+@spec("Submit a pipeline: jobs as steps, each starting when the step it names (`after`) has succeeded",
+      body=PipelineIn, response=PipelineOut, status=202)
+def submit():
+    body = parse_body(PipelineIn)
+    afters = _afters(body.steps)
+    session = db_session()
+    settings = services().settings
+    steps = []
+    for index, (step, after) in enumerate(zip(body.steps, afters)):
+        submission = _submission(index, step)
+        earlier = _ancestors(step.name, afters, body.steps)
+        _check_step_references(index, step, earlier, body.steps)
+        token = STEP_MODELS.set(frozenset(earlier))
+        try:
+            datasets = _check_references(session, submission)
+        except InvalidInput as exc:
+            raise InvalidInput(f"steps[{index}] ('{step.name}'): {exc.message}", code=exc.code,
+                               details={**(exc.details or {}), "step": step.name}) from None
+        finally:
+            STEP_MODELS.reset(token)
+        steps.append(Step(name=step.name, kind=submission.kind, task=submission.task,
+                          params=submission.params.model_dump(mode="json"), queue=settings.queue_for(submission.kind),
+                          priority=submission.priority, max_attempts=submission.max_attempts or settings.max_attempts,
+                          after=after, datasets=datasets))
+    pipeline = create_pipeline(session, tenant_id=tenant_id(), name=body.name, steps=steps,
+                               publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS)
+    session.commit()
+    jobs = pipeline_steps(session, [pipeline.id])[pipeline.id]
+    for job in jobs:
+        if job.status == JobStatus.QUEUED:
+            _publish_now(job)
+    return jsonify(pipeline_out(pipeline, jobs)), 202
+
+
+def _afters(steps: list[StepIn]) -> list[str | None]:
+    """Return the step each step starts after: as given (null: at once), else the one listed before it."""
+    names: list[str] = []
+    afters: list[str | None] = []
+    for index, step in enumerate(steps):
+        if step.name in names:
+            raise InvalidInput(f"steps[{index}].name: '{step.name}' is the name of steps[{names.index(step.name)}] too; "
+                               "give every step its own name", code="duplicate_step",
+                               details={"field": f"steps[{index}].name"})
+        after = step.after if "after" in step.model_fields_set else (names[-1] if names else None)
+        if after is not None and after not in names:
+            listed = ", ".join(f"'{name}'" for name in names) or "none"
+            raise InvalidInput(f"steps[{index}].after: '{after}' is not a step listed before '{step.name}' (listed "
+                               f"before it: {listed}); a step can only start after an earlier one",
+                               code="unknown_step", details={"field": f"steps[{index}].after"})
+        names.append(step.name)
+        afters.append(after)
+    return afters
+
+
+def _submission(index: int, step: StepIn):
+    """Validate the step as POST /jobs validates a job; errors name the step's fields."""
+    body = {"kind": step.kind, "params": step.params, "priority": step.priority}
+    if step.task is not None:
+        body["task"] = step.task
+    if step.max_attempts is not None:
+        body["max_attempts"] = step.max_attempts
+    try:
+        return JobIn.model_validate(body).root
+    except ValidationError as exc:
+        fields = [{"field": f"steps[{index}].{field_of(err)}", "message": err["msg"]}
+                  for err in exc.errors(include_url=False)]
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        raise InvalidInput(f"invalid request: {summary}", code="invalid_input", details={"fields": fields}) from None
+
+
+def _ancestors(name: str, afters: list[str | None], steps: list[StepIn]) -> list[str]:
+    """Return the steps `name` runs after, directly or not, nearest first."""
+    after_of = {step.name: after for step, after in zip(steps, afters)}
+    chain, current = [], after_of[name]
+    while current is not None:
+        chain.append(current)
+        current = after_of[current]
+    return chain
+
+
+def _check_step_references(index: int, step: StepIn, earlier: list[str], steps: list[StepIn]) -> None:
+    kinds = {other.name: other.kind for other in steps}
+    for key, name in step_references(step.params).items():
+        field = f"steps[{index}].params.{key}"
+        if name not in earlier:
+            runs_after = ", ".join(f"'{n}'" for n in earlier) or "no step"
+            raise InvalidInput(f"{field}: '@{name}' is not a step '{step.name}' runs after (it runs after "
+                               f"{runs_after}); name one of those, or set `after`", code="step_reference",
+                               details={"field": field})
+        if kinds[name] not in MODEL_MAKING_KINDS:
+            raise InvalidInput(f"{field}: step '{name}' ({kinds[name]}) registers no model; name a finetune or "
+                               "pretrain step", code="step_reference", details={"field": field})
+
+
+@bp.get("/pipelines")
+@spec("List pipelines, newest first", query=PipelineListQuery, response=PipelineList)
+def list_all():
+    query = parse_query(PipelineListQuery)
+    session = db_session()
+    pipelines = list_pipelines(session, tenant_id(), before_id=query.cursor, limit=query.limit)
+    steps = pipeline_steps(session, [p.id for p in pipelines])
+    next_cursor = pipelines[-1].id if len(pipelines) == query.limit else None
+    return jsonify({"items": [pipeline_out(p, steps[p.id]) for p in pipelines], "next_cursor": next_cursor})
+
+
+@bp.get("/pipelines/<int:pipeline_id>")
+@spec("Get a pipeline with its status, progress and steps", response=PipelineOut)
+def get_one(pipeline_id: int):
+    session = db_session()
+    pipeline = get_pipeline(session, tenant_id(), pipeline_id)
+    return jsonify(pipeline_out(pipeline, pipeline_steps(session, [pipeline.id])[pipeline.id]))
+
+
+@bp.post("/pipelines/<int:pipeline_id>/cancel")
+@spec("Cancel a pipeline: every step that has not ended (running ones stop within seconds)", response=PipelineOut,
+      status=202)
+def cancel(pipeline_id: int):
+    session = db_session()
+    pipeline = get_pipeline(session, tenant_id(), pipeline_id)
+    cancel_pipeline(session, tenant_id(), pipeline_id)
+    session.commit()
+    return jsonify(pipeline_out(pipeline, pipeline_steps(session, [pipeline.id])[pipeline.id])), 202
+
+
+@bp.get("/pipelines/<int:pipeline_id>/events")
+@spec("Poll the events of every step of a pipeline after a cursor, oldest first", query=EventQuery,
+      response=PipelineEventList)
+def events(pipeline_id: int):
+    query = parse_query(EventQuery)
+    session = db_session()
+    get_pipeline(session, tenant_id(), pipeline_id)
+    steps = {job.id: job.pipeline_step for job in pipeline_steps(session, [pipeline_id])[pipeline_id]}
+    rows = pipeline_events(session, pipeline_id, after_id=query.after, limit=query.limit)
+    items = [PipelineEventOut.model_validate({**row._mapping, "pipeline_step": steps[row.job_id]}) for row in rows]
+    body = PipelineEventList(items=items, next_cursor=rows[-1].id if rows else query.after)
+    return jsonify(body.model_dump(mode="json"))
+
+
+def pipeline_out(pipeline: Pipeline, steps: list[Job]) -> dict:
+    """Serialise a pipeline with its steps' jobs."""
+    names = {job.id: job.pipeline_step for job in steps}
+    summary = summarize(steps)
+    return PipelineOut(
+        id=pipeline.id, name=pipeline.name, status=summary["status"], progress=summary["progress"],
+        created_at=pipeline.created_at,
+        steps=[{"name": job.pipeline_step, "after": names.get(job.depends_on_id), "job": job_out(job)} for job in steps],
+    ).model_dump(mode="json")

@@ -1,0 +1,91 @@
+"""POST /pipelines: steps checked like jobs, the first queued, the rest waiting; refusals say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.helpers import API, assert_error, batch_body, evaluate_body, finetune_body
+
+
+def submit_pipeline(client, auth, body, status: int = 202) -> dict:
+    response = client.post(f"{API}/pipelines", headers=auth, json=body)
+    assert response.status_code == status, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def three_steps(labelled, unlabelled, tiny_model) -> dict:
+    return {"name": "nightly", "steps": [
+        {"name": "tune", **finetune_body(labelled["id"], tiny_model, max_steps=2, model_name="sentiment")},
+        {"name": "check", **evaluate_body(labelled["id"], "@tune")},
+        {"name": "label", "after": "tune", **batch_body(unlabelled["id"], "@tune")},
+    ]}
+
+
+def test_first_step_is_queued_and_the_others_wait_for_it(client, auth, labelled, unlabelled, tiny_model,
+                                                          queue_length):
+    waiting = queue_length("gpu")
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+
+    steps = {step["name"]: step for step in pipeline["steps"]}
+    assert (pipeline["name"], pipeline["status"], pipeline["progress"]) == ("nightly", "queued", 0.0)
+    assert [(s["name"], s["after"], s["job"]["status"]) for s in pipeline["steps"]] == [
+        ("tune", None, "queued"), ("check", "tune", "waiting"), ("label", "tune", "waiting")]
+    assert steps["check"]["job"]["params"]["model"] == "@tune"  # resolved when 'tune' has registered its model
+    assert steps["label"]["job"]["depends_on_id"] == steps["tune"]["job"]["id"]
+    assert all(s["job"]["pipeline_id"] == pipeline["id"] for s in pipeline["steps"])
+    assert client.get(f"{API}/pipelines/{pipeline['id']}", headers=auth).get_json() == pipeline
+    assert [p["id"] for p in client.get(f"{API}/pipelines", headers=auth).get_json()["items"]] == [pipeline["id"]]
+    waiting_jobs = client.get(f"{API}/jobs?status=waiting", headers=auth).get_json()["items"]
+    assert sorted(j["pipeline_step"] for j in waiting_jobs) == ["check", "label"]
+    events = client.get(f"{API}/pipelines/{pipeline['id']}/events", headers=auth).get_json()["items"]
+    assert {e["pipeline_step"] for e in events} == {"tune", "check", "label"}
+    assert queue_length("gpu") == waiting + 1  # the first step's message only: a waiting step has none
+
+
+def test_cancelling_the_pipeline_cancels_every_step(client, auth, labelled, unlabelled, tiny_model):
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+
+    response = client.post(f"{API}/pipelines/{pipeline['id']}/cancel", headers=auth)
+
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "cancelled"
+    assert [s["job"]["status"] for s in body["steps"]] == ["cancelled", "cancelled", "cancelled"]
+
+
+@pytest.mark.parametrize("change, code, mentions", [
+    (lambda steps: steps[1].update(name="tune"), "duplicate_step", ["steps[1].name", "'tune'", "own name"]),
+    (lambda steps: steps[2].update(after="nowhere"), "unknown_step", ["steps[2].after", "'nowhere'", "'tune', 'check'"]),
+    (lambda steps: steps[1].update(after="label"), "unknown_step", ["steps[1].after", "'label'"]),
+    (lambda steps: (steps[2].update(after="check"), steps[2]["params"].update(model="@check")), "step_reference",
+     ["steps[2].params.model", "step 'check' (evaluate) registers no model"]),
+    (lambda steps: (steps[2].update(after=None)), "step_reference",
+     ["steps[2].params.model", "'@tune' is not a step 'label' runs after", "no step"]),
+    (lambda steps: steps[0]["params"].update(learning_rate=-1), "invalid_input",
+     ["steps[0].params.learning_rate", "greater than 0"]),
+    (lambda steps: steps[1]["params"].update(dataset_id=999999), "dataset_not_found", ["steps[1] ('check')", "999999"]),
+], ids=["duplicate-name", "after-unknown", "after-later", "reference-to-evaluate", "reference-not-before",
+        "bad-parameter", "missing-dataset"])
+def test_bad_pipeline_is_refused_naming_the_step_and_field(client, auth, labelled, unlabelled, tiny_model,
+                                                            change, code, mentions):
+    body = three_steps(labelled, unlabelled, tiny_model)
+    change(body["steps"])
+
+    response = client.post(f"{API}/pipelines", headers=auth, json=body)
+
+    assert_error(response, 422, code, *mentions)
+    assert client.get(f"{API}/jobs", headers=auth).get_json()["items"] == []  # nothing half-created
+
+
+def test_a_step_reference_outside_a_pipeline_is_refused(client, auth, labelled, tiny_model):
+    response = client.post(f"{API}/jobs", headers=auth, json=evaluate_body(labelled["id"], "@tune"))
+
+    assert_error(response, 422, "step_reference", "params.model", "'@tune' names a pipeline step", "POST /pipelines")
+
+
+def test_another_tenants_pipeline_is_not_found(client, auth, other_auth, labelled, unlabelled, tiny_model):
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+
+    for method, path in (("get", ""), ("get", "/events"), ("post", "/cancel")):
+        response = getattr(client, method)(f"{API}/pipelines/{pipeline['id']}{path}", headers=other_auth)
+        assert_error(response, 404, "pipeline_not_found", f"pipeline {pipeline['id']} not found")
