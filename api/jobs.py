@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from api import db_session, services
 from api.auth import tenant_id
 from api.openapi import parse_body, parse_query, spec
-from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, job_out
+from api.retries import check_has_failed_rows, check_retried_rows
+from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, RetryIn, job_out
 from db.enums import JobStatus
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job, ModelArtifact
@@ -119,6 +120,8 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
                 code="missing_column", details={"field": "params.text_column" if role == "text" else "params.dataset_id",
                                                 "columns": dataset.columns},
             )
+    if params.only_failed_rows_of is not None:
+        check_retried_rows(session, tenant_id(), params.only_failed_rows_of, task, dataset)
     return [(dataset.id, "input")]
 
 
@@ -300,25 +303,41 @@ def cancel(job_id: int):
 
 
 @bp.post("/jobs/<int:job_id>/retry")
-@spec("Submit an ended job again as a new job: same kind, task, parameters and priority", response=JobOut,
-      status=202)
+@spec("Submit an ended job again as a new job: same kind, task, parameters (but those the body changes) and "
+      "priority; with only_failed_rows, a batch_inference job's failed rows alone, merged into its predictions",
+      body=RetryIn, body_required=False, response=JobOut, status=202)
 def retry(job_id: int):
-    return jsonify(job_out(resubmit(job_id))), 202
+    body = parse_body(RetryIn, optional=True)
+    return jsonify(job_out(resubmit(job_id, only_failed_rows=body.only_failed_rows, params=body.params))), 202
 
 
-def resubmit(job_id: int) -> Job:
+def resubmit(job_id: int, *, only_failed_rows: bool = False, params: dict | None = None) -> Job:
     """Queue a new job like the tenant's ended job `job_id`, checked as a fresh submission would be
-    (its dataset may have been deleted since); the new job's first log line names the old one."""
+    (its dataset may have been deleted since); the new job's first log line names the old one.
+
+    `params` replace some of the old job's parameters (a fixed model, a corrected dataset). With
+    `only_failed_rows`, the new batch_inference job gets `only_failed_rows_of=job_id`: it predicts only
+    the rows of the old job's errors file and merges them into a copy of its predictions, one line per
+    row in input order (worker/jobs/inference.py). A plain retry of such a job retries the same rows.
+    """
     session = db_session()
     old = get_job(session, tenant_id(), job_id)
-    if not JobStatus(old.status).terminal:
+    new_params = {**old.params, **(params or {})}
+    if only_failed_rows:
+        check_has_failed_rows(old)
+        new_params["only_failed_rows_of"] = job_id
+    elif not JobStatus(old.status).terminal:
         raise Conflict(f"job {job_id} is {old.status}; only a job that has ended can be retried (cancel it first)",
                        code="job_not_ended")
-    submission = JobIn.model_validate({"kind": old.kind, "task": old.task, "params": old.params,
+    submission = JobIn.model_validate({"kind": old.kind, "task": old.task, "params": new_params,
                                        "priority": old.priority}).root
     datasets = _check_references(session, submission)
     job, _created = _create(session, submission, None, datasets)
-    add_event(session, job.id, "log", f"retry of job {job_id}", data={"retry_of": job_id})
+    if only_failed_rows:
+        add_event(session, job.id, "log", f"retry of the failed rows of job {job_id}",
+                  data={"retry_of": job_id, "only_failed_rows": True})
+    else:
+        add_event(session, job.id, "log", f"retry of job {job_id}", data={"retry_of": job_id})
     session.commit()
     _publish_now(job)
     return job

@@ -20,6 +20,7 @@ def spec(
     summary: str,
     *,
     body: type[BaseModel] | None = None,
+    body_required: bool = True,
     query: type[BaseModel] | None = None,
     response: type[BaseModel] | None = None,
     status: int = 200,
@@ -30,7 +31,7 @@ def spec(
 
     def decorate(view: Callable) -> Callable:
         view._openapi = dict(
-            summary=summary, body=body, query=query, response=response,
+            summary=summary, body=body, body_required=body_required, query=query, response=response,
             status=status, multipart=multipart, produces=produces,
         )
         return view
@@ -38,8 +39,10 @@ def spec(
     return decorate
 
 
-def parse_body(model: type[M]) -> M:
-    """Validate the JSON request body with `model` (422 naming each bad field)."""
+def parse_body(model: type[M], *, optional: bool = False) -> M:
+    """Validate the JSON request body with `model` (422 naming each bad field); `optional`: none is `model()`."""
+    if optional and not request.get_data(cache=True):
+        return model()
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object (Content-Type: application/json)",
@@ -93,7 +96,8 @@ def _operation(rule, meta: dict[str, Any], models: set) -> dict[str, Any]:
         operation["parameters"] = params
     if meta["body"] is not None:
         models.add(meta["body"])
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(meta["body"])}}}
+        operation["requestBody"] = {"required": meta["body_required"],
+                                    "content": {"application/json": {"schema": _ref(meta["body"])}}}
     if meta["multipart"]:
         props = {k: {"type": "string", "description": v} for k, v in meta["multipart"].items()}
         props["file"] = {"type": "string", "format": "binary", "description": meta["multipart"].get("file", "")}

@@ -107,6 +107,22 @@ class JobIn(RootModel[Annotated[Union[tuple(_kind_union(kind) for kind in JOB_KI
         return data
 
 
+class RetryIn(_In):
+    """What to change in a retry (POST /jobs/{id}/retry); no body retries the job as it was."""
+
+    only_failed_rows: bool = Field(
+        default=False,
+        description="batch_inference: predict only the rows in the job's errors file and merge them into a copy of "
+                    "its predictions (the job must have succeeded with failed rows). The new job's `result` counts "
+                    "rows_retried, rows_fixed and rows_still_failing.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Parameters to change, e.g. {"model": "fixed-model:2"} or a corrected dataset_id; the others are '
+                    "the old job's. Checked like a new submission.",
+    )
+
+
 class Progress(BaseModel):
     fraction: float
     stage: str | None

@@ -201,12 +201,34 @@ def ranked_counts(counts: Counter[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def iter_rows(path: Path, start: int = 0) -> Iterator[tuple[int, Row]]:
-    """Yield (0-based index, row) for each row of a canonical file, from index start on."""
+def iter_rows(path: Path, start: int = 0, only: Iterable[int] | None = None) -> Iterator[tuple[int, Row]]:
+    """Yield (0-based index, row) for each row of a canonical file, from index start on.
+
+    With `only` (ascending indexes, read lazily), yield just those rows; the lines between them are
+    skipped unparsed, so picking a few rows out of millions costs a scan of the file, not its parsing.
+    """
+    if only is not None:
+        yield from _rows_at(path, (index for index in only if index >= start))
+        return
     with open(path, encoding="utf-8", newline="\n") as lines:
         for index, line in enumerate(lines):
             if index >= start:
                 yield index, json.loads(line)
+
+
+def _rows_at(path: Path, indexes: Iterator[int]) -> Iterator[tuple[int, Row]]:
+    want = next(indexes, None)
+    with open(path, "rb") as lines:  # canonical files end lines with b"\n" alone
+        for index, line in enumerate(lines):
+            if want is None:
+                return
+            if index == want:
+                yield index, json.loads(line)
+                want, previous = next(indexes, None), want
+                if want is not None and want <= previous:
+                    raise ValueError(f"row indexes must ascend: {want} after {previous}")
+    if want is not None:
+        raise ValueError(f"row {want} is past the end of {path.name}")
 
 
 def count_rows(path: Path) -> int:

@@ -88,6 +88,13 @@ class BatchInferenceParams(_Params):
 
     model: ModelRef
     dataset_id: int
+    only_failed_rows_of: int | None = Field(
+        default=None, ge=1,
+        description="Predict only the rows in the errors file of this succeeded batch_inference job (after a model "
+                    "or data fix) and merge them into a copy of its predictions, so the output again covers every "
+                    "input row in order. `POST /jobs/{id}/retry` with `only_failed_rows` sets it. A corrected "
+                    "dataset must keep every row at its index; only the failed rows are read from it.",
+    )
     text_column: str | None = Field(
         default=None, min_length=1, max_length=200, description="Defaults to the dataset's text column."
     )

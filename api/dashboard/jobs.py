@@ -103,14 +103,17 @@ def cancel(job_id: int):
 @bp.post("/jobs/<int:job_id>/retry")
 @writer
 def retry(job_id: int):
+    """Retry the job; with the form's `only_failed_rows`, only a batch job's failed rows."""
     from api.jobs import resubmit
 
+    only_failed_rows = request.form.get("only_failed_rows") == "1"
     try:
-        new = resubmit(job_id)
+        new = resubmit(job_id, only_failed_rows=only_failed_rows)
     except ServiceError as exc:
         flash(exc.message, "error")
         return redirect(url_for("dashboard.job", job_id=job_id))
-    flash(f"Job {new.id} queued as a retry of job {job_id}.", "info")
+    what = "the failed rows of job" if only_failed_rows else "job"
+    flash(f"Job {new.id} queued as a retry of {what} {job_id}.", "info")
     return redirect(url_for("dashboard.job", job_id=new.id))
 
 

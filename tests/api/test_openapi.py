@@ -68,6 +68,9 @@ def test_operations_declare_their_schemas(document):
     submit = paths[f"{API}/jobs"]["post"]
     assert submit["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/JobIn"}
     assert set(submit["responses"]) == {"202", "4XX"}
+    retry = paths[f"{API}/jobs/{{job_id}}/retry"]["post"]["requestBody"]  # optional: no body retries as it was
+    assert retry == {"required": False, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RetryIn"}}}}
+    assert set(document["components"]["schemas"]["RetryIn"]["properties"]) == {"only_failed_rows", "params"}
     upload = paths[f"{API}/datasets"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["required"] == ["file"]
     assert upload["properties"]["file"]["format"] == "binary"

@@ -208,6 +208,18 @@ def test_iter_rows_starts_at_an_index(tmp_path):
     assert rows[0][1]["text"] == "Not great at all"
 
 
+def test_iter_rows_picks_only_the_rows_asked_for_in_order(tmp_path):
+    path = tmp_path / "canonical.jsonl"
+    path.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(10)))
+    assert [(i, row["text"]) for i, row in iter_rows(path, only=iter([1, 4, 9]))] == [(1, "t1"), (4, "t4"), (9, "t9")]
+    assert [i for i, _ in iter_rows(path, start=5, only=[1, 4, 6, 9])] == [6, 9]  # a resumed job's rest
+    assert list(iter_rows(path, only=[])) == []
+    with pytest.raises(ValueError, match="ascend"):
+        list(iter_rows(path, only=[4, 2]))
+    with pytest.raises(ValueError, match="row 12 is past the end"):
+        list(iter_rows(path, only=[3, 12]))
+
+
 # Refusals
 
 

@@ -9,20 +9,30 @@ fixes `chunk_rows`, each chunk is sized from the rate of the one before to take 
 which bounds what a crash can lose on any device and task (a GPU classifier's 30 s are far more rows
 than a CPU translator's), and holds at most MAX_CHUNK_ROWS rows, which bounds its memory: a job over a
 million rows peaks where one over ten thousand does.
+
+A retry of failed rows (`only_failed_rows_of`: an earlier succeeded job) runs the same loop over a
+different row source: the row indexes of the earlier job's errors.jsonl, read as it goes, pick just
+those rows out of the dataset. Its predictions.jsonl is the earlier job's predictions and the rows
+fixed now, merged by row: one line per input row that has a prediction, in input order, as in any job's
+output; rows that fail again are its errors.jsonl. Both merges stream, one line of each file at a time.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import os
+import re
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db.models import InferenceChunk
+from db.models import Dataset, InferenceChunk, Job
 from db.services.leases import fenced_update
 from worker.datafiles import iter_rows
 from worker.errors import JobInterrupted, PermanentJobError
@@ -35,7 +45,7 @@ MAX_CHUNK_ROWS = 16_384  # what a chunk holds (ids, results) bounds the job's me
 
 
 def run(context: JobContext) -> Finalize:
-    """Predict every row not yet done, then assemble the output files."""
+    """Predict every row not yet done (all rows, or only an earlier job's failed ones), then assemble the output."""
     from worker.ml.tasks import get_task, input_columns, params_model
 
     task = get_task(context.job.task)
@@ -48,19 +58,17 @@ def run(context: JobContext) -> Finalize:
             f"dataset {dataset.id} has no {' or '.join(missing)} column ({columns}); its columns are {dataset.columns}",
             code="missing_column",
         )
+    source = _RowSource.for_job(context, params.only_failed_rows_of, dataset)
     read = _reader(columns)
     model_path, _artifact = resolve_model_path(context, params.model)
     out_dir = job_dir(context, "outputs")
     (out_dir / "chunks").mkdir(exist_ok=True)
     done = _done_chunks(context)
-    total = dataset.row_count
+    total = source.total
     context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
     predictor = task.Predictor.for_job(model_path, params)
     context.log(f"precision: {predictor.precision_choice.reason}")
-    rows = iter_rows(Path(dataset.path))
-    resume_after = max((c[3] for c in done.values()), default=-1)  # chunks commit in row order
-    if resume_after >= 0:
-        rows = itertools.dropwhile(lambda item: item[0] <= resume_after, rows)
+    rows = source.rows(after=max((c[3] for c in done.values()), default=-1))  # chunks commit in row order
     sizes = _ChunkSizes(params.chunk_rows)
     index = max(done, default=-1) + 1
     while chunk := list(itertools.islice(rows, sizes.next())):
@@ -72,11 +80,13 @@ def run(context: JobContext) -> Finalize:
         index += 1
         rows_done = _rows_in(done)
         context.progress(fraction=rows_done / max(total, 1), stage="predicting", done=rows_done, total=total)
-    predictions, errors = _assemble(out_dir, done)
+    predictions, errors = _assemble(out_dir, done, base=source.base_predictions)
+    ok, failed = sum(c[1] for c in done.values()), sum(c[2] for c in done.values())
     summary = {
-        "rows": total,
-        "rows_ok": sum(c[1] for c in done.values()),
-        "rows_failed": sum(c[2] for c in done.values()),
+        "rows": dataset.row_count,
+        "rows_ok": source.base_ok + ok,
+        "rows_failed": failed,
+        **source.retry_summary(ok, failed),
         "predictions": str(predictions),
         "errors": str(errors),
         "label_names": predictor.label_names,
@@ -85,6 +95,63 @@ def run(context: JobContext) -> Finalize:
         "peak_rss_mb": _peak_rss_mb(),
     }
     return lambda session: {"result": summary, "output_path": str(predictions)}
+
+
+@dataclass(frozen=True)
+class _RowSource:
+    """The rows a job predicts: every row of its dataset, or only those an earlier job failed on."""
+
+    dataset_path: Path
+    total: int  # rows to predict
+    retried_job_id: int | None = None
+    base_predictions: Path | None = None  # the earlier job's predictions, merged into this job's
+    base_ok: int = 0
+
+    @classmethod
+    def for_job(cls, context: JobContext, retried_job_id: int | None, dataset: Dataset) -> _RowSource:
+        """Return the job's rows; a retry of failed rows checks its earlier job is still usable."""
+        if retried_job_id is None:
+            return cls(Path(dataset.path), dataset.row_count)
+        earlier = _retried_job(context, retried_job_id, dataset)
+        source = cls(Path(dataset.path), int(earlier.result["rows_failed"]), retried_job_id,
+                     Path(earlier.output_path), int(earlier.result.get("rows_ok", 0)))
+        context.log(f"retrying the {source.total} failed rows of job {retried_job_id}")
+        return source
+
+    def rows(self, *, after: int) -> Iterator[tuple[int, dict]]:
+        """Yield (index, row) for each row to predict past row index `after` (a resumed job's last done row)."""
+        only = None if self.base_predictions is None else _failed_rows(self.base_predictions.with_name("errors.jsonl"))
+        return iter_rows(self.dataset_path, start=after + 1, only=only)
+
+    def retry_summary(self, ok: int, failed: int) -> dict:
+        if self.retried_job_id is None:
+            return {}
+        return {"rows_retried": self.total, "rows_fixed": ok, "rows_still_failing": failed}
+
+
+def _retried_job(context: JobContext, job_id: int, dataset: Dataset) -> Job:
+    """Return the earlier job whose failed rows this job predicts, or fail with what is wrong with it."""
+    with context.session_factory() as session:
+        earlier = session.get(Job, job_id)
+    if earlier is None or earlier.tenant_id != context.job.tenant_id:
+        raise PermanentJobError(f"job {job_id}, whose failed rows this job retries, no longer exists",
+                                code="retried_job_missing")
+    if earlier.kind != "batch_inference" or earlier.status != "succeeded" or not earlier.output_path:
+        raise PermanentJobError(f"job {job_id} is a {earlier.status} {earlier.kind} job; only a succeeded "
+                                "batch_inference job's failed rows can be retried", code="retried_job_unusable")
+    if earlier.result.get("rows") != dataset.row_count:
+        raise PermanentJobError(f"dataset {dataset.id} has {dataset.row_count} rows; job {job_id} ran over "
+                                f"{earlier.result.get('rows')}", code="row_count_mismatch")
+    if not Path(earlier.output_path).with_name("errors.jsonl").is_file():
+        raise PermanentJobError(f"the errors file of job {job_id} is missing from storage", code="output_missing")
+    return earlier
+
+
+def _failed_rows(errors: Path) -> Iterator[int]:
+    """Yield the row index of each line of an errors file (written in row order), reading it as it goes."""
+    with open(errors, "rb") as lines:
+        for line in lines:
+            yield _row_of(line)
 
 
 def _peak_rss_mb() -> float:
@@ -166,16 +233,36 @@ def _write_chunk_files(ok_path: Path, results, ids) -> tuple[int, int]:
     return ok, failed
 
 
-def _assemble(out_dir: Path, done: dict) -> tuple[Path, Path]:
-    """Concatenate chunk files in order into predictions.jsonl and errors.jsonl."""
+def _assemble(out_dir: Path, done: dict, base: Path | None = None) -> tuple[Path, Path]:
+    """Concatenate chunk files in order into predictions.jsonl and errors.jsonl.
+
+    With `base` (an earlier job's predictions, in row order), its lines and the chunks' predictions
+    (also in row order) are merged by row, holding one line of each at a time.
+    """
     predictions, errors = out_dir / "predictions.jsonl", out_dir / "errors.jsonl"
+    chunks = [Path(done[index][0]) for index in sorted(done)]
     with open(predictions.with_suffix(".tmp"), "wb") as out, open(errors.with_suffix(".tmp"), "wb") as err:
-        for index in sorted(done):
-            ok_path = Path(done[index][0])
-            with open(ok_path, "rb") as src:
-                out.writelines(src)
-            with open(ok_path.with_suffix(".errors.jsonl"), "rb") as src:
-                err.writelines(src)
+        if base is None:
+            out.writelines(_lines(chunks))
+        else:
+            with open(base, "rb") as earlier:
+                out.writelines(heapq.merge(earlier, _lines(chunks), key=_row_of))
+        err.writelines(_lines(path.with_suffix(".errors.jsonl") for path in chunks))
     os.replace(predictions.with_suffix(".tmp"), predictions)
     os.replace(errors.with_suffix(".tmp"), errors)
     return predictions, errors
+
+
+def _lines(paths: Iterable[Path]) -> Iterator[bytes]:
+    for path in paths:
+        with open(path, "rb") as src:
+            yield from src
+
+
+_ROW_FIRST = re.compile(rb'\{"row": (\d+)[,}]')
+
+
+def _row_of(line: bytes) -> int:
+    """Return an output line's "row"; the runner writes it first, so a line is parsed only if it is not."""
+    match = _ROW_FIRST.match(line)
+    return int(match.group(1)) if match else json.loads(line)["row"]
