@@ -171,9 +171,15 @@ class Client:
         """Ask for a job to stop: a queued job ends at once, a running one at its next step."""
         return self.request("POST", f"/jobs/{job_id}/cancel")
 
-    def retry(self, job_id: int) -> Body:
-        """Submit an ended job again as a new job; return the new job."""
-        return self.request("POST", f"/jobs/{job_id}/retry")
+    def retry(self, job_id: int, *, only_failed_rows: bool = False, params: dict[str, Any] | None = None) -> Body:
+        """Submit an ended job again as a new job, with `params` changed; return the new job.
+
+        With `only_failed_rows`, a succeeded batch_inference job's failed rows alone are predicted again
+        (e.g. after a model or data fix, `params={"model": "fixed:2"}`) and merged into a copy of its
+        predictions; the new job's result counts rows_retried, rows_fixed and rows_still_failing.
+        """
+        body = _clean({"only_failed_rows": only_failed_rows or None, "params": params or None})
+        return self.request("POST", f"/jobs/{job_id}/retry", **({"json": body} if body else {}))
 
     def events(self, job_id: int, *, after: int = 0, type: str | None = None,  # noqa: A002 (the API's name)
                limit: int | None = None) -> Body:

@@ -95,6 +95,8 @@ def add_commands(sub) -> None:
         alias = sub.add_parser(name, help=helptext, parents=common)
         alias.add_argument("job_id", type=int)
         alias.set_defaults(func=JOB_ACTIONS[action])
+        if action == "retry":
+            _retry_arguments(alias)
     _watch_arguments(sub.add_parser("watch", help="show a job's progress live until it ends; exit 0 succeeded, "
                                                   "1 failed, 2 cancelled", parents=common))
     _output_arguments(sub.add_parser("output", help="download a batch job's predictions (jobs output)",
@@ -154,6 +156,8 @@ def _job_commands(sub, common) -> None:
         command = sub.add_parser(name, help=helptext, parents=common)
         command.add_argument("job_id", type=int)
         command.set_defaults(func=JOB_ACTIONS[name])
+        if name == "retry":
+            _retry_arguments(command)
     events = sub.add_parser("events", help="print a job's events", parents=common)
     events.add_argument("job_id", type=int)
     events.add_argument("--type", choices=EVENT_TYPES)
@@ -175,6 +179,15 @@ def _submit_arguments(submit) -> None:
     submit.add_argument("--idempotency-key", help="the same key returns the same job")
     submit.add_argument("--wait", action="store_true", help="print the job's events until it ends")
     submit.set_defaults(func=cmd_submit)
+
+
+def _retry_arguments(retry) -> None:
+    retry.add_argument("params", nargs="*", help="key=value parameters to change (values parsed as JSON when they "
+                                                 "can be), e.g. model=fixed-model:2; give them all together, before "
+                                                 "or after the flags (argparse reads no positionals after a flag)")
+    retry.add_argument("--only-failed-rows", action="store_true",
+                       help="batch_inference: predict only the rows that failed and merge them into a copy of the "
+                            "job's predictions")
 
 
 def _output_arguments(output) -> None:
@@ -320,9 +333,11 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    job = connect(args).retry(args.job_id)
+    params = dict(_value(item) for item in args.params)
+    job = connect(args).retry(args.job_id, only_failed_rows=args.only_failed_rows, params=params)
     if not getattr(args, "json", False):
-        print(f"job {job['id']} retries job {args.job_id}")
+        what = "the failed rows of job" if args.only_failed_rows else "job"
+        print(f"job {job['id']} retries {what} {args.job_id}")
     return views.emit(args, job, views.job)
 
 
