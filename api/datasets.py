@@ -21,7 +21,8 @@ from worker.ml.tasks import TASKS, get_task
 bp = Blueprint("datasets", __name__)
 
 UPLOAD_FIELDS = {
-    "file": "CSV, TSV, JSONL, Parquet or CoNLL file.",
+    "file": "CSV, TSV, JSONL, Parquet, CoNLL or plain-text (.txt) file. A .txt file is unlabelled text in a "
+            "column `text`: documents separated by blank lines, or one per line where no blank line separates them.",
     "name": "Display name (default: the file name).",
     "task": f"The task whose labelled data this is: {', '.join(TASKS)}. Omit for text to run a model on "
             "(or for text classification, when label_column is given).",
@@ -39,8 +40,8 @@ UPLOAD_FIELDS = {
     "answers_column": 'question-answering: column holding {"text": [...], "answer_start": [...]} (default `answers`).',
     "prompt_column": "text-generation: column holding the prompt (default `prompt`; or plain `text`).",
     "completion_column": "text-generation: column holding the completion trained on (default `completion`).",
-    "format": "csv | tsv | jsonl | parquet | conll | squad (default: from the file name; .json is SQuAD for "
-              "question-answering).",
+    "format": "csv | tsv | jsonl | parquet | conll | squad | text (default: from the file name; .json is SQuAD for "
+              "question-answering, .txt is text).",
 }
 COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
 

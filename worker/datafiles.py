@@ -1,6 +1,6 @@
 """Stream dataset uploads into canonical JSON Lines, and read them back.
 
-CSV, TSV, JSON Lines, Parquet and CoNLL uploads are validated row by row while they stream, so a
+CSV, TSV, JSON Lines, Parquet, CoNLL and plain-text uploads are validated row by row while they stream, so a
 large upload never sits in memory and a bad row is reported by number with what to fix. What a row
 must hold depends on the task the data is for: a `RowSchema` (text and label here; each task module
 in `worker/ml/tasks/` has its own) checks each row and counts what the dataset's stats show. The
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "squad")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "squad", "text")
 EXTENSION_FORMATS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".txt": "text",
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
     ".conll": "conll", ".bio": "conll", ".iob": "conll", ".iob2": "conll",
 }
@@ -34,6 +34,7 @@ MAX_FIELD_CHARS = 64 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
 COPY_CHUNK_BYTES = 1024 * 1024
 PARQUET_BATCH_ROWS = 2048
+TEXT_SPOOL_BYTES = 8 * 1024 * 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
 _MAPPING_HINT = "Map your columns with text_column=... label_column=... (or the task's <role>_column=...)"
 _FIX_HINTS = {
@@ -86,7 +87,7 @@ def detect_format(filename: str | None, declared: str | None, by_extension: dict
     if fmt is None:
         raise DataFileError(
             "unsupported_format",
-            f"{problem}; upload a .csv, .tsv, .jsonl, .parquet or .conll file, or declare the format "
+            f"{problem}; upload a .csv, .tsv, .jsonl, .parquet, .conll or .txt file, or declare the format "
             f"as one of {', '.join(FORMATS)}.",
             {"filename": filename, "format": declared, "supported": list(FORMATS)},
         )
@@ -278,6 +279,8 @@ def _open_rows(fmt: str, reader: _HashingReader, src: BinaryIO) -> Iterator[tupl
         return _conll_rows(_text_lines(reader))
     if fmt == "squad":
         return _squad_rows(reader)
+    if fmt == "text":
+        return _plain_text_rows(_text_lines(reader))
     return _parquet_rows(reader, src)
 
 
@@ -392,6 +395,46 @@ def _conll_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
         tags.append(fields[-1])
     if tokens:
         yield {"tokens": tokens, "tags": tags}, first
+
+
+def _plain_text_rows(lines: Iterable[str]) -> Iterator[tuple[Row, int]]:
+    """Yield each document of a plain-text file as {"text": ...}, with its first line.
+
+    Blank (or whitespace-only) lines separate documents, and the lines of one are joined with a
+    newline; a file with no blank line between its lines holds one document per line. Until the first
+    separating blank line the lines wait in a spooled file (on disk past a few MB), so a large file of
+    one document per line is never held in memory.
+    """
+    spool = tempfile.SpooledTemporaryFile(max_size=TEXT_SPOOL_BYTES, mode="w+", encoding="utf-8", newline="\n")
+    first, paragraphs, blank_after = 0, False, False
+    with spool:
+        for number, line in enumerate(lines, 1):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                blank_after = first > 0
+                continue
+            if blank_after:  # a blank line between two texts: documents are paragraphs
+                paragraphs, blank_after = True, False
+                yield {"text": _spooled_paragraph(spool)}, first
+                first = 0
+            first = first or number
+            spool.write(text + "\n")
+        if paragraphs:
+            if first:
+                yield {"text": _spooled_paragraph(spool)}, first
+            return
+        spool.seek(0)
+        for offset, text in enumerate(spool):
+            yield {"text": text.rstrip("\n")}, first + offset
+
+
+def _spooled_paragraph(spool) -> str:
+    """Return the spooled lines as one text and empty the spool."""
+    spool.seek(0)
+    text = spool.read().rstrip("\n")
+    spool.seek(0)
+    spool.truncate()
+    return text
 
 
 def _squad_rows(reader: _HashingReader) -> Iterator[tuple[Row, None]]:
