@@ -24,7 +24,7 @@ from db.services.jobs import add_event, create_job, get_job, list_events, list_j
 from db.services.pipelines import STEP_REFERENCE
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
-from worker.ml.tasks import get_task, input_columns, untrained_for
+from worker.ml.tasks import LANGUAGE_MODELING, get_task, input_columns, untrained_for
 from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS, publish_submitted
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ LABELS_NAMED = 10  # labels quoted in an error message; details carry them all
 
 
 @bp.post("/jobs")
-@spec("Submit a finetune, evaluate or batch_inference job", body=JobIn, response=JobOut, status=202)
+@spec("Submit a finetune, evaluate, batch_inference or pretrain job", body=JobIn, response=JobOut, status=202)
 def submit():
     submission = parse_body(JobIn).root
     key = request.headers.get("Idempotency-Key")
@@ -95,7 +95,16 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
     params, kind, task = submission.params, submission.kind, submission.task
     if kind == "finetune":
         return _check_finetune(session, params, task)
+    if kind == "pretrain":
+        return _check_pretrain(session, params)
     artifact = _check_model(session, params.model, "params.model", task=task)
+    if artifact is not None and artifact.task == LANGUAGE_MODELING:
+        raise InvalidInput(
+            f"params.model: model {artifact.name}:{artifact.version} is a pre-trained language model without a "
+            f"{task} head (a pretrain job made it); fine-tune it first (a finetune job with base_model="
+            f"{artifact.name}:{artifact.version}) and use the fine-tuned model",
+            code="no_task_head", details={"field": "params.model", "model_task": artifact.task, "task": task},
+        )
     if artifact is not None and artifact.task != task:
         raise InvalidInput(
             f"params.model: model {artifact.name}:{artifact.version} is a {artifact.task} model; this job is "
@@ -148,6 +157,48 @@ def _check_finetune(session: Session, params, task: str) -> list[tuple[int, str]
     # of any dataset of two rows or more, and a one-row dataset already fails the class check.
     _check_model(session, params.base_model, "params.base_model")
     return pairs
+
+
+def _check_pretrain(session: Session, params) -> list[tuple[int, str]]:
+    """Check a pretrain job's text datasets and base model; return (dataset_id, role) pairs."""
+    if params.freeze_base:
+        raise InvalidInput("params.freeze_base: pre-training trains the language model itself, not a head over a fixed "
+                           "one: drop freeze_base (freeze_layers keeps the lower layers fixed)",
+                           code="freeze_base_not_for_pretrain", details={"field": "params.freeze_base"})
+    train = _text_dataset(session, params.train_dataset_id, params.text_column, "params.train_dataset_id")
+    if params.validation_dataset_id is None and train.row_count < 2:
+        raise InvalidInput(
+            f"params.train_dataset_id: dataset {train.id} holds one document, and perplexity is measured on held-out "
+            "documents: upload two or more (a .txt file: one per line, or paragraphs between blank lines) or give "
+            "params.validation_dataset_id",
+            code="too_few_documents", details={"field": "params.train_dataset_id", "row_count": train.row_count},
+        )
+    pairs = [(train.id, "train")]
+    if params.validation_dataset_id is not None:
+        validation = _text_dataset(session, params.validation_dataset_id, params.text_column,
+                                   "params.validation_dataset_id")
+        pairs.append((validation.id, "validation"))
+    _check_model(session, params.base_model, "params.base_model")
+    return pairs
+
+
+def _text_dataset(session: Session, dataset_id: int, text_column: str | None, field: str) -> Dataset:
+    """Return a dataset with a column of text to pre-train on: `text_column`, else its text role's column."""
+    dataset = _dataset(session, dataset_id, field)
+    column = text_column or dataset.columns_by_role.get("text")
+    if column is None:
+        raise InvalidInput(
+            f"{field}: dataset {dataset.id} holds {dataset.task} data without a text column; name the column to "
+            f"pre-train on with params.text_column (its columns are {dataset.columns}), or upload plain text "
+            "(a text column, or a .txt file) without task=...",
+            code="missing_column", details={"field": "params.text_column", "columns": dataset.columns},
+        )
+    if column not in dataset.columns:
+        raise InvalidInput(
+            f"{field}: dataset {dataset.id} has no column '{column}'; its columns are {dataset.columns}",
+            code="missing_column", details={"field": "params.text_column", "columns": dataset.columns},
+        )
+    return dataset
 
 
 def _check_task(dataset: Dataset, task: str, field: str) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel, create_model, model_validator
 
 from db.services.ids import MAX_ROW_ID
-from worker.ml.tasks import TASKS, params_model
+from worker.config import JOB_KINDS
+from worker.ml.tasks import LANGUAGE_MODELING, TASKS, params_model, tasks_of
 
 
 UtcDatetime = Annotated[
@@ -72,13 +73,18 @@ class _JobIn(_In):
 DEFAULT_TASK = "text-classification"
 
 
+def default_task(kind: str | None) -> str:
+    """The task a submission of `kind` gets when it names none."""
+    return tasks_of(kind)[0] if kind == "pretrain" else DEFAULT_TASK
+
+
 def _title(name: str) -> str:
     return "".join(part.title() for part in name.replace("-", "_").split("_"))
 
 
 def _job_in(kind: str, task: str) -> type[_JobIn]:
     """The submission of one kind of job for one task, with that task's parameters."""
-    task_field = (Literal[task], Field(default=task) if task == DEFAULT_TASK else ...)
+    task_field = (Literal[task], Field(default=task) if task == default_task(kind) else ...)
     return create_model(
         f"{_title(kind)}{_title(task)}JobIn", __base__=_JobIn, __module__=__name__,
         __doc__=f"A {kind} job for {task}.",
@@ -88,22 +94,22 @@ def _job_in(kind: str, task: str) -> type[_JobIn]:
 
 def _kind_union(kind: str):
     """The submissions of one kind, told apart by `task`."""
-    members = tuple(_job_in(kind, task) for task in TASKS)
+    members = tuple(_job_in(kind, task) for task in tasks_of(kind))
+    if len(members) == 1:
+        return members[0]
     return Annotated[Union[members], Field(discriminator="task")]  # noqa: UP007 (a runtime tuple)
-
-
-JOB_KINDS = ("finetune", "evaluate", "batch_inference")
 
 
 class JobIn(RootModel[Annotated[Union[tuple(_kind_union(kind) for kind in JOB_KINDS)],  # noqa: UP007
                                 Field(discriminator="kind")]]):
-    """A job submission: `kind` and `task` (default text-classification) select the schema of `params`."""
+    """A job submission: `kind` and `task` (default text-classification; language-modeling for pretrain)
+    select the schema of `params`."""
 
     @model_validator(mode="before")
     @classmethod
     def _default_task(cls, data: Any) -> Any:
         if isinstance(data, dict) and "task" not in data:
-            return {**data, "task": DEFAULT_TASK}
+            return {**data, "task": default_task(data.get("kind"))}
         return data
 
 
@@ -165,8 +171,8 @@ class JobList(BaseModel):
 
 class JobListQuery(_In):
     status: Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"] | None = None
-    kind: Literal["finetune", "evaluate", "batch_inference"] | None = None
-    task: Literal[TASKS] | None = None  # type: ignore[valid-type]
+    kind: Literal[JOB_KINDS] | None = None  # type: ignore[valid-type]
+    task: Literal[(*TASKS, LANGUAGE_MODELING)] | None = None  # type: ignore[valid-type]
     model: str | None = Field(default=None, max_length=200, description="Jobs that use or register this model name.")
     q: str | None = Field(default=None, max_length=200, description="Text in the job's parameters or error.")
     cursor: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="`next_cursor` of the previous page.")

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nightshift import views
-from worker.config import Settings
+from worker.config import JOB_KINDS, Settings
 
 TOKEN_FILE = "token"
 DEFAULT_CONFIG = Path("~/.config/nightshift/config.toml")
-JOB_KINDS = ("finetune", "evaluate", "batch_inference")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 EVENT_TYPES = ("log", "metric", "status", "rescue")
 
@@ -170,7 +169,7 @@ def _job_commands(sub, common) -> None:
 
 
 def _submit_arguments(submit) -> None:
-    submit.add_argument("kind", nargs="?", help="finetune, evaluate or batch_inference (or from -f)")
+    submit.add_argument("kind", nargs="?", help="finetune, evaluate, batch_inference or pretrain (or from -f)")
     submit.add_argument("params", nargs="*", help="key=value (values parsed as JSON when they can be)")
     submit.add_argument("-f", "--file", type=Path, help="YAML or JSON job file: {kind, task, params, priority}")
     submit.add_argument("--task", help="text-classification (default), token-classification, translation, ...")
@@ -273,7 +272,7 @@ def job_spec(args) -> dict[str, Any]:
     elif args.kind:
         spec["kind"] = args.kind
     if "kind" not in spec:
-        raise CliError("name the job's kind (finetune, evaluate, batch_inference) or give a job file with -f")
+        raise CliError("name the job's kind (finetune, evaluate, batch_inference, pretrain) or give a job file with -f")
     params = dict(spec.get("params") or {})
     params.update(_value(item) for item in pairs)
     spec["params"] = params

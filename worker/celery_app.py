@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
-from worker.config import Settings
+from worker.config import JOB_KINDS, Settings
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -31,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
                 "soft_time_limit": settings.time_limit_for(kind) + settings.time_limit_grace_seconds // 2,
                 "time_limit": settings.hard_time_limit_for(kind),
             }
-            for kind in ("finetune", "evaluate", "batch_inference")
+            for kind in JOB_KINDS
         },
         task_ignore_result=True,
         task_default_queue="cpu",

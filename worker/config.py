@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "NIGHTSHIFT_"
+JOB_KINDS = ("finetune", "evaluate", "batch_inference", "pretrain")
+# Continued pre-training trains like a fine-tune: it shares the fine-tunes' queue and time limit.
+SETTINGS_KIND = {"pretrain": "finetune"}
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -36,10 +39,10 @@ class Settings:
     sweep_seconds: float = field(default=5.0, metadata={"help": "Sweeper period (in beat)."})
     relay_seconds: float = field(default=2.0, metadata={"help": "Outbox relay period (in beat)."})
     redispatch_after_seconds: float = field(default=30.0, metadata={"help": "Re-send a queued job's message if the broker lost it this long after sending."})
-    queue_finetune: str = field(default="gpu", metadata={"help": "Celery queue of fine-tunes."})
+    queue_finetune: str = field(default="gpu", metadata={"help": "Celery queue of fine-tunes (and pretrain jobs)."})
     queue_evaluate: str = field(default="gpu", metadata={"help": "Celery queue of evaluations."})
     queue_batch_inference: str = field(default="gpu", metadata={"help": "Celery queue of batch inference."})
-    time_limit_finetune: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a fine-tune attempt: checkpoint, then fail with time_limit."})
+    time_limit_finetune: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a fine-tune (or pretrain) attempt: checkpoint, then fail with time_limit."})
     time_limit_evaluate: int = field(default=2 * 3600, metadata={"help": "Soft time limit (s) of an evaluation attempt."})
     time_limit_batch_inference: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a batch-inference attempt."})
     time_limit_grace_seconds: int = field(default=600, metadata={"help": "Hard limit = soft limit + this; then the process is killed."})
@@ -75,7 +78,7 @@ class Settings:
 
     def time_limit_for(self, kind: str) -> int:
         """Return the soft time limit in seconds of one attempt of a `kind` job."""
-        return getattr(self, f"time_limit_{kind}")
+        return getattr(self, f"time_limit_{SETTINGS_KIND.get(kind, kind)}")
 
     def hard_time_limit_for(self, kind: str) -> int:
         """Return the hard time limit in seconds, after which Celery kills the process."""
@@ -83,7 +86,7 @@ class Settings:
 
     def queue_for(self, kind: str) -> str:
         """Return the Celery queue that runs jobs of `kind`."""
-        return getattr(self, f"queue_{kind}")
+        return getattr(self, f"queue_{SETTINGS_KIND.get(kind, kind)}")
 
     @property
     def base_url(self) -> str:

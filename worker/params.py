@@ -168,3 +168,28 @@ GENERATION_PARAMS: dict[str, type[_Params]] = {
     "batch_inference": GenerationBatchParams,
 }
 
+
+class PretrainParams(FinetuneParams):
+    """Continued pre-training on unlabelled text: masked-LM for encoders, causal-LM for decoders.
+
+    The texts are concatenated and cut into blocks of `max_length` tokens; a held-out share of the
+    documents (or a validation dataset) gives the perplexity. The trained model is registered as a
+    base that a fine-tune of any task can start from.
+    """
+
+    train_dataset_id: int = Field(description="Dataset of unlabelled text: a text column, or a .txt upload.")
+    validation_dataset_id: int | None = Field(
+        default=None, description="Text to measure perplexity on; else a held-out share of the train documents."
+    )
+    text_column: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Defaults to the dataset's text column."
+    )
+    max_length: int = Field(default=128, ge=8, le=8192, description="Tokens per block (texts are concatenated, "
+                                                                     "then cut into blocks of this many tokens).")
+    objective: Literal["auto", "mlm", "clm"] = Field(
+        default="auto", description="mlm: masked-LM (encoders such as BERT); clm: causal-LM (decoders such as GPT-2); "
+                                    "auto: from the model's configuration.",
+    )
+    mlm_probability: float = Field(default=0.15, gt=0.0, lt=1.0, description="mlm: share of tokens masked.")
+    freeze_base: bool = Field(default=False, description="Refused: pre-training trains the language model, not a "
+                                                          "head over a fixed one (freeze_layers keeps lower layers fixed).")

@@ -16,7 +16,7 @@ from db.services.jobs import add_event, enqueue
 from db.services.leases import LostAttempt, end_lost_attempt, expired_leases
 from db.services.pipelines import advance
 from worker.broker import pending_job_ids
-from worker.config import Settings
+from worker.config import JOB_KINDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def sweep(session_factory: sessionmaker[Session], settings: Settings) -> dict[st
 
 
 def _queues(settings: Settings) -> set[str]:
-    return {settings.queue_for(kind) for kind in ("finetune", "evaluate", "batch_inference")}
+    return {settings.queue_for(kind) for kind in JOB_KINDS}
 
 
 def _redispatch_lost(session: Session, settings: Settings, pending: set[int]) -> int:

@@ -37,3 +37,9 @@ def evaluate(job_id: int) -> str:
 def batch_inference(job_id: int) -> str:
     """Run a model over every row of a dataset (job kind `batch_inference`)."""
     return _run(job_id, "batch_inference")
+
+
+@app.task(name="jobs.pretrain", base=JobTask)
+def pretrain(job_id: int) -> str:
+    """Continue a model's pre-training on unlabelled text (job kind `pretrain`)."""
+    return _run(job_id, "pretrain")

@@ -15,10 +15,12 @@ from db.enums import TERMINAL_STATUSES, JobStatus
 from db.errors import ServiceError
 from db.models import Evaluation
 from db.services.jobs import get_job, list_events, list_jobs, queue_position, request_cancel
-from worker.ml.tasks import TASKS
+from worker.config import JOB_KINDS
+from worker.ml.tasks import LANGUAGE_MODELING, TASKS
 
 PAGE_SIZE = 50
-KINDS = ("finetune", "evaluate", "batch_inference")
+KINDS = JOB_KINDS
+FILTER_TASKS = (*TASKS, LANGUAGE_MODELING)
 STATUSES = tuple(JobStatus)
 FILTERS = ("status", "kind", "task", "model", "q")
 
@@ -28,7 +30,7 @@ FILTERS = ("status", "kind", "task", "model", "q")
 
 @bp.get("/jobs")
 def jobs():
-    return render_template("jobs.html", **_jobs_page(), kinds=KINDS, statuses=STATUSES, tasks=TASKS)
+    return render_template("jobs.html", **_jobs_page(), kinds=KINDS, statuses=STATUSES, tasks=FILTER_TASKS)
 
 
 @bp.get("/jobs/table")
@@ -43,7 +45,7 @@ def _jobs_page() -> dict:
         filters["status"] = ""
     if filters["kind"] not in KINDS:
         filters["kind"] = ""
-    if filters["task"] not in TASKS:
+    if filters["task"] not in FILTER_TASKS:
         filters["task"] = ""
     cursor = request.args.get("cursor", type=int)
     rows = list_jobs(db_session(), g.tenant_id, status=filters["status"] or None, kind=filters["kind"] or None,

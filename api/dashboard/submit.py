@@ -23,7 +23,7 @@ from api.schemas import JOB_KINDS, JobIn
 from db.errors import ServiceError
 from db.services.datasets import list_datasets
 from db.services.registry import list_models
-from worker.ml.tasks import TASKS, params_model
+from worker.ml.tasks import params_model, tasks_of
 
 
 @dataclass
@@ -42,7 +42,8 @@ class FormField:
 @writer
 def new_job():
     kind = request.values.get("kind") if request.values.get("kind") in JOB_KINDS else "finetune"
-    task = request.values.get("task") if request.values.get("task") in TASKS else TASKS[0]
+    tasks = tasks_of(kind)
+    task = request.values.get("task") if request.values.get("task") in tasks else tasks[0]
     fields = form_fields(params_model(task, kind))
     values = {f.name: ("" if f.default is None else _shown(f.default)) for f in fields}
     values["priority"] = "5"
@@ -66,7 +67,7 @@ def new_job():
                 errors = {field if field in values else "": exc.message}
     datasets = list_datasets(db_session(), g.tenant_id, limit=200)
     models = sorted({m.name for m in list_models(db_session(), g.tenant_id)})
-    return render_template("new_job.html", kind=kind, task=task, kinds=JOB_KINDS, tasks=TASKS, fields=fields,
+    return render_template("new_job.html", kind=kind, task=task, kinds=JOB_KINDS, tasks=tasks, fields=fields,
                            values=values, errors=errors, datasets=datasets, models=models), 422 if errors else 200
 
 

@@ -18,6 +18,7 @@ TASK_NAMES = {
     "finetune": "jobs.finetune",
     "evaluate": "jobs.evaluate",
     "batch_inference": "jobs.batch_inference",
+    "pretrain": "jobs.pretrain",
 }
 
 

@@ -19,6 +19,7 @@ def fields_of(page: str) -> list[str]:
     ("finetune", "text-classification", {"base_model", "train_dataset_id", "epochs", "freeze_base"}),
     ("batch_inference", "translation", {"model", "dataset_id", "generation"}),
     ("evaluate", "question-answering", {"model", "dataset_id"}),
+    ("pretrain", "language-modeling", {"base_model", "train_dataset_id", "objective", "mlm_probability", "text_column"}),
 ])
 def test_the_form_shows_the_parameters_of_each_kind_and_task(client, auth, kind, task, expected):
     log_in(client, auth)
@@ -41,6 +42,22 @@ def test_a_valid_form_queues_the_job_like_the_api(client, auth, labelled, tiny_m
     assert (job["status"], job["priority"]) == ("queued", 7)
     assert job["params"]["epochs"] == 1.0 and job["params"]["learning_rate"] == 1e-4
     assert job["params"]["freeze_base"] is False and job["params"]["batch_size"] == 16  # unchecked box, default
+
+
+def test_a_pretrain_form_queues_a_language_modeling_job(client, auth, unlabelled, tiny_model):
+    csrf = log_in(client, auth)
+    page = client.get("/jobs/new?kind=pretrain&task=text-classification").text  # pretrain has one task
+    assert '<input type="hidden" name="task" value="language-modeling">' in page
+    form = {"csrf_token": csrf, "kind": "pretrain", "task": "language-modeling", "action": "submit",
+            "base_model": str(tiny_model), "train_dataset_id": str(unlabelled["id"]), "text_column": "review",
+            "objective": "mlm", "mlm_probability": "0.2", "precision": "auto"}
+
+    response = client.post("/jobs/new", data=form)
+
+    assert response.status_code == 302, response.text
+    job = client.get(f"{API}/jobs/{int(response.headers['Location'].rsplit('/', 1)[1])}", headers=auth).get_json()
+    assert (job["kind"], job["task"], job["params"]["objective"]) == ("pretrain", "language-modeling", "mlm")
+    assert job["params"]["mlm_probability"] == 0.2 and job["params"]["freeze_base"] is False
 
 
 def test_errors_are_shown_next_to_their_fields_and_the_values_kept(client, auth, labelled, tiny_model):

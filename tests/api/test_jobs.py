@@ -109,7 +109,7 @@ def test_invalid_hyperparameter_is_422_naming_the_field(client, auth, labelled, 
 @pytest.mark.parametrize(
     ("body", "field", "mentions"),
     [
-        ({"kind": "pretrain", "params": {}}, "kind", ["kind: ", "'pretrain'", "finetune", "batch_inference"]),
+        ({"kind": "distill", "params": {}}, "kind", ["kind: ", "'pretrain'", "finetune", "batch_inference"]),
         ({"params": {}}, "kind", ["kind: ", "'kind'"]),
         ({"kind": "evaluate"}, "params", ["params", "Field required"]),
         ({"kind": "evaluate", "params": {"model": "m", "dataset_id": 1}, "priority": 10}, "priority",

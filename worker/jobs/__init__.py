@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from worker.jobs import evaluate, finetune, inference
+from worker.jobs import evaluate, finetune, inference, pretrain
 
 RUNNERS = {
     "finetune": finetune.run,
     "evaluate": evaluate.run,
     "batch_inference": inference.run,
+    "pretrain": pretrain.run,
 }

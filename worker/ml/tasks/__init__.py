@@ -34,6 +34,9 @@ TASK_MODULES = {
     "question-answering": "worker.ml.tasks.question_answering",
 }
 TASKS = tuple(TASK_MODULES)
+# The task of pretrain jobs and of the models they register: a language model without a task head,
+# a base that a fine-tune of any task starts from; not in TASKS (nothing to evaluate or predict).
+LANGUAGE_MODELING = "language-modeling"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,16 @@ def untrained_for(task: str, architectures: list[str]) -> bool:
 
 def params_model(task: str, kind: str):
     """Return the pydantic model of a `kind` job's parameters for `task`."""
+    if kind == "pretrain":
+        from worker.params import PretrainParams
+
+        return PretrainParams
     return get_task(task).PARAMS[kind]
+
+
+def tasks_of(kind: str) -> tuple[str, ...]:
+    """Return the tasks a job of `kind` can be submitted for (pretraining has none of its own)."""
+    return (LANGUAGE_MODELING,) if kind == "pretrain" else TASKS
 
 
 def get_task(name: str) -> ModuleType:
