@@ -224,6 +224,39 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
             time.sleep(poll)
 
+    # -- pipelines ---------------------------------------------------------------------------------
+    def submit_pipeline(self, steps: list[dict], *, name: str | None = None) -> Body:
+        """Submit jobs as steps: each {"name", "kind", "params", ["task", "after", "priority"]}; a later step's
+        `base_model` or `model` of "@name" is the model step `name` registers. Return the pipeline."""
+        return self.request("POST", "/pipelines", json=_clean({"name": name, "steps": steps}))
+
+    def pipeline(self, pipeline_id: int) -> Body:
+        """Return a pipeline with its status, progress and steps (each with its job)."""
+        return self.request("GET", f"/pipelines/{pipeline_id}")
+
+    def list_pipelines(self, *, cursor: int | None = None, limit: int | None = None) -> Body:
+        """Return one page of pipelines, newest first: {"items", "next_cursor"}."""
+        return self.request("GET", "/pipelines", params=_clean({"cursor": cursor, "limit": limit}))
+
+    def cancel_pipeline(self, pipeline_id: int) -> Body:
+        """Cancel every step of a pipeline that has not ended."""
+        return self.request("POST", f"/pipelines/{pipeline_id}/cancel")
+
+    def pipeline_events(self, pipeline_id: int, *, after: int = 0, limit: int | None = None) -> Body:
+        """Return the events of a pipeline's steps with id above `after` (each names its step and job)."""
+        return self.request("GET", f"/pipelines/{pipeline_id}/events", params=_clean({"after": after, "limit": limit}))
+
+    def wait_pipeline(self, pipeline_id: int, *, timeout: float = 3600.0, poll: float = 1.0) -> Body:
+        """Poll a pipeline until every step has ended and return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pipeline = self.pipeline(pipeline_id)
+            if pipeline["status"] in TERMINAL:
+                return pipeline
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pipeline {pipeline_id} still {pipeline['status']} after {timeout:.0f}s")
+            time.sleep(poll)
+
     def download_output(self, job_id: int, dest: Path, *, errors: bool = False) -> Path:
         """Stream a batch job's predictions (or, with `errors`, its failed rows) to `dest`; return `dest`."""
         dest = Path(dest)
