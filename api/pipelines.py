@@ -53,7 +53,16 @@ MODEL_MAKING_KINDS = ("finetune", "pretrain")
 @spec("Submit a pipeline: jobs as steps, each starting when the step it names (`after`) has succeeded",
       body=PipelineIn, response=PipelineOut, status=202)
 def submit():
-    body = parse_body(PipelineIn)
+    pipeline, jobs = create_pipeline_submission(parse_body(PipelineIn))
+    return jsonify(pipeline_out(pipeline, jobs)), 202
+
+
+def create_pipeline_submission(body: PipelineIn) -> tuple[Pipeline, list[Job]]:
+    """Check a parsed pipeline's steps, insert it with its jobs and publish the first ones; return
+    (pipeline, step jobs).
+
+    The API's POST /pipelines and the dashboard's new-pipeline form both submit through here.
+    """
     afters = _afters(body.steps)
     session = db_session()
     settings = services().settings
@@ -81,7 +90,7 @@ def submit():
     for job in jobs:
         if job.status == JobStatus.QUEUED:
             _publish_now(job)
-    return jsonify(pipeline_out(pipeline, jobs)), 202
+    return pipeline, jobs
 
 
 def _afters(steps: list[StepIn]) -> list[str | None]:

@@ -102,4 +102,4 @@ def index():
     return redirect(url_for("dashboard.jobs"))
 
 
-from api.dashboard import datasets, jobs, models, submit, workers  # noqa: E402,F401  (registers the pages on bp)
+from api.dashboard import datasets, jobs, models, pipelines, submit, workers  # noqa: E402,F401  (registers the pages on bp)
