@@ -238,6 +238,10 @@ class Client:
         """Return one page of pipelines, newest first: {"items", "next_cursor"}."""
         return self.request("GET", "/pipelines", params=_clean({"cursor": cursor, "limit": limit}))
 
+    def iter_pipelines(self, *, page_size: int = 100) -> Iterator[Body]:
+        """Yield every pipeline, newest first, page after page."""
+        return self._pages("/pipelines", {"limit": page_size})
+
     def cancel_pipeline(self, pipeline_id: int) -> Body:
         """Cancel every step of a pipeline that has not ended."""
         return self.request("POST", f"/pipelines/{pipeline_id}/cancel")

@@ -18,7 +18,7 @@ from worker.config import JOB_KINDS, Settings
 
 TOKEN_FILE = "token"
 DEFAULT_CONFIG = Path("~/.config/nightshift/config.toml")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
 EVENT_TYPES = ("log", "metric", "status", "rescue")
 
 
@@ -81,6 +81,9 @@ def add_commands(sub) -> None:
     _list_filters(jobs)
     jobs.set_defaults(func=cmd_jobs_list)
     _job_commands(jobs.add_subparsers(metavar="ACTION"), common)
+    from nightshift.pipelines import add_pipeline_commands  # it builds on this module's helpers
+
+    add_pipeline_commands(sub, common)
     _model_commands(sub.add_parser("models", help="list, show and compare registered models", parents=common))
     _evaluation_commands(sub.add_parser("evaluations", help="list and show evaluations", parents=common))
     sub.add_parser("health", help="check the API's database and Redis", parents=common).set_defaults(func=cmd_health)

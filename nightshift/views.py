@@ -179,3 +179,92 @@ def comparison(latest: dict[str, dict]) -> None:
 
 def health(h: dict) -> None:
     pairs([("status", h["status"]), ("database", h["database"]), ("redis", h["redis"])])
+
+
+# -- pipelines ---------------------------------------------------------------------------------------
+def pipelines(items: list[dict]) -> None:
+    table(["id", "name", "status", "progress", "steps", "created"],
+          [(p["id"], p["name"], p["status"], f"{p['progress']:.1%}",
+            " ".join(f"{s['name']}:{s['job']['status']}" for s in p["steps"]), p["created_at"]) for p in items])
+
+
+def pipeline(p: dict) -> None:
+    pairs([("pipeline", p["id"]), ("name", p["name"]), ("status", p["status"]),
+           ("progress", f"{p['progress']:.1%}"), ("created", p["created_at"])])
+    print()
+    table(["step", "after", "kind", "task", "job", "status", "progress", "stage"],
+          [(s["name"], s["after"], s["job"]["kind"], s["job"]["task"], s["job"]["id"], s["job"]["status"],
+            f"{_step_fraction(s['job']):.1%}", s["job"]["progress"]["stage"]) for s in p["steps"]])
+    for line in _step_errors(p):
+        print(line)
+
+
+def _step_fraction(job: dict) -> float:
+    return 1.0 if job["status"] == "succeeded" else job["progress"]["fraction"]
+
+
+def _step_errors(p: dict) -> list[str]:
+    """Return a line for each step that failed or was cancelled with a reason."""
+    return [f"step '{s['name']}' (job {s['job']['id']}) {s['job']['status']}: {s['job']['error']['code']}: "
+            f"{s['job']['error']['message']}" for s in p["steps"] if s["job"]["error"]]
+
+
+def step_event_line(e: dict) -> str:
+    """Return one event of a pipeline's step as a line: time, step, type, message, data."""
+    data = f" {json.dumps(e['data'])}" if e["data"] else ""
+    return f"{e['created_at']} {e['pipeline_step']:12} {e['type']:7} {e['message']}{data}"
+
+
+def new_pipeline_events(client, pipeline_id: int, after: int):
+    """Yield the events of the pipeline's steps with id above `after`, page after page until none is left."""
+    while True:
+        page = client.pipeline_events(pipeline_id, after=after)
+        if not page["items"]:
+            return
+        yield from page["items"]
+        after = page["next_cursor"]
+
+
+def watch_pipeline(client, pipeline_id: int, *, interval: float = 1.0, as_json: bool = False) -> dict:
+    """Show each step's progress until the pipeline ends: a live bar per step (status, stage, steps or
+    rows, loss) with the steps' log and status lines above, or one JSON event per line with `as_json`;
+    return the ended pipeline."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from nightshift.client import TERMINAL
+
+    console = Console(highlight=False)
+    columns = (TextColumn("{task.fields[step]}"), TextColumn("job {task.fields[job]} {task.fields[status]:9}"),
+               TextColumn("{task.fields[stage]}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+               TextColumn("{task.fields[count]}"), TextColumn("loss {task.fields[loss]}"))
+    after, rows, losses = 0, {}, {}
+    with Progress(*columns, console=console, disable=as_json) as bar:
+        while True:
+            current = client.pipeline(pipeline_id)  # before the events: every event of an ended pipeline is then read
+            for event in new_pipeline_events(client, pipeline_id, after):
+                after = event["id"]
+                if as_json:
+                    print(json.dumps(event), flush=True)
+                elif event["type"] == "metric":
+                    losses[event["job_id"]] = event["data"].get("loss", losses.get(event["job_id"]))
+                else:
+                    bar.console.print(step_event_line(event), markup=False, soft_wrap=True)
+            width = max(len(s["name"]) for s in current["steps"])
+            for step in current["steps"]:
+                job, p = step["job"], step["job"]["progress"]
+                if step["name"] not in rows:
+                    rows[step["name"]] = bar.add_task("", total=1.0, step=step["name"].ljust(width), job=job["id"],
+                                                      status="", stage="", count="", loss="-")
+                unit = "steps" if job["kind"] in ("finetune", "pretrain") else "rows"
+                bar.update(rows[step["name"]], completed=_step_fraction(job), status=job["status"],
+                           stage=p["stage"] or "", count=f"{p['done']}/{p['total']} {unit}" if p["total"] else "",
+                           loss=number(losses.get(job["id"])))
+            if current["status"] in TERMINAL:
+                break
+            time.sleep(interval)
+    if not as_json:
+        for line in _step_errors(current):
+            console.print(line, markup=False, soft_wrap=True)
+        console.print(f"pipeline {pipeline_id} {current['status']}", markup=False)
+    return current
