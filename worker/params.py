@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelRef = Annotated[
     str,
@@ -62,10 +62,75 @@ class FinetuneParams(_Params):
         default=10.0, gt=0, le=24 * 60, description="Checkpoint at least this often (compute minutes)."
     )
     freeze_base: bool = Field(default=False, description="Train only the task's head (the encoder stays fixed).")
+    freeze_embeddings: bool = Field(
+        default=False, description="Keep the (encoder's) embeddings fixed; with tied input and output embeddings "
+                                   "(GPT-2, T5) this also fixes the output projection.",
+    )
+    freeze_layers: int = Field(
+        default=0, ge=0, le=1000,
+        description="Keep the bottom N transformer layers fixed (of the encoder in an encoder-decoder, whose "
+                    "decoder always trains); at most the model's layer count.",
+    )
+    layer_lr_decay: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="Layer-wise learning-rate decay: the head and the top layer train at learning_rate, each layer "
+                    "below at this factor times the rate of the one above, the embeddings below the bottom layer. "
+                    "1.0: off.",
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Stop after this many evaluations (every eval_steps) without improvement of "
+                    "early_stopping_metric, and keep the best checkpoint as the result. Needs eval_steps.",
+    )
+    early_stopping_metric: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$",
+        description="Validation metric early stopping watches (with or without the eval_ prefix); default: the "
+                    "task's main one (text-classification f1_macro, token-classification f1, others loss).",
+    )
+    early_stopping_threshold: float = Field(
+        default=0.0, ge=0.0, le=1e6,
+        description="An evaluation counts as an improvement only if it beats the best by more than this.",
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         default="auto", description="auto: bf16 (fp16 on GPUs without it) where a training step of the model measures "
                                     "at least 1.15x faster than fp32 on this machine, else fp32.",
     )
+
+    @field_validator("early_stopping_metric")
+    @classmethod
+    def _bare_metric(cls, name: str | None) -> str | None:
+        # The Trainer reports eval_<name>; either spelling names the same metric.
+        if name is not None and not name.removeprefix("eval_"):
+            raise ValueError("name a metric, e.g. f1_macro or loss")
+        return name.removeprefix("eval_") if name is not None else None
+
+    @model_validator(mode="after")
+    def _check_training_control(self):
+        problem = training_control_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def training_control_problem(params: FinetuneParams) -> str | None:
+    """Say what is wrong with a fine-tune's freezing and early-stopping settings taken together, or None."""
+    freezing = [name for name, on in (("freeze_layers", params.freeze_layers > 0),
+                                      ("freeze_embeddings", params.freeze_embeddings),
+                                      ("layer_lr_decay", params.layer_lr_decay < 1.0)) if on]
+    if params.freeze_base and freezing:
+        return (f"freeze_base already fixes the embeddings and every layer (of the encoder, in an encoder-decoder), "
+                f"so {' and '.join(freezing)} would change nothing: drop freeze_base to train the upper layers, or "
+                f"drop {' and '.join(freezing)}")
+    stopping = [name for name, on in (("early_stopping_metric", params.early_stopping_metric is not None),
+                                      ("early_stopping_threshold", params.early_stopping_threshold > 0)) if on]
+    if params.early_stopping_patience is None and stopping:
+        verb = "applies" if len(stopping) == 1 else "apply"
+        return (f"{' and '.join(stopping)} {verb} only with early stopping: set early_stopping_patience "
+                f"(evaluations without improvement before training stops, e.g. 3) or drop {' and '.join(stopping)}")
+    if params.early_stopping_patience is not None and params.eval_steps is None:
+        return ("early_stopping_patience needs eval_steps: set eval_steps (evaluate every N steps, e.g. 50) so that "
+                "there is a validation curve to stop on")
+    return None
 
 
 class EvaluateParams(_Params):
@@ -167,6 +232,7 @@ GENERATION_PARAMS: dict[str, type[_Params]] = {
     "evaluate": GenerationEvaluateParams,
     "batch_inference": GenerationBatchParams,
 }
+
 
 
 class PretrainParams(FinetuneParams):

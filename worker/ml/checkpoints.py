@@ -10,6 +10,7 @@ from pathlib import Path
 
 from worker.errors import PermanentJobError
 from worker.ml.hooks import JobHooks
+from worker.ml.stopping import stopped_early
 from worker.params import FinetuneParams
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -69,12 +70,13 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def finished_state(checkpoint: Path | None) -> dict | None:
-    """Return the checkpoint's trainer state if it already reached the last step."""
+    """Return the checkpoint's trainer state if it already reached the last step or stopped early."""
     path = checkpoint / "trainer_state.json" if checkpoint else None
     if path is None or not path.is_file():
         return None
     state = json.loads(path.read_text())
-    return state if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0 else None
+    last_step = state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0
+    return state if last_step or stopped_early(state) else None
 
 
 def summary_from_state(state: dict) -> dict:

@@ -31,6 +31,9 @@ MODEL_CLASS = "AutoModelForSeq2SeqLM"
 TRAINED_HEADS = ("ForConditionalGeneration", "EncoderDecoderModel", "MTModel")
 # Encoders whose BERT-style layers can also serve as a decoder with cross-attention.
 WARM_START_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+# What the periodic evaluation (eval_steps) reports: the validation targets' loss (generating every
+# eval_steps would cost far more than a training step).
+EVAL_METRICS = {"loss": False}
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,16 @@ def finetune(params: GenerationFinetuneParams, pair: Pair, *, base_model: str, t
             for parameter in model.get_encoder().parameters():
                 parameter.requires_grad = False
         max_length = effective_max_length(tokenizer, params.max_length)
+        evaluated = _encode(tokenizer, validation, max_length, params.max_target_length) if params.eval_steps else None
         return TrainingSetup(
             model, tokenizer, _encode(tokenizer, train, max_length, params.max_target_length),
             DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORED), compute_loss=token_loss,
+            eval_set=evaluated,
         )
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
-                 setup=setup, load_trained=lambda path: load_model(path, MODEL_CLASS, "a sequence-to-sequence model"))
+                 setup=setup, load_trained=lambda path: load_model(path, MODEL_CLASS, "a sequence-to-sequence model"),
+                 eval_metrics=EVAL_METRICS)
     model, tokenizer = fitted.model, fitted.tokenizer
     model.eval()
     predictions = generate_texts(

@@ -7,6 +7,8 @@ Every task module defines:
   `TRAINED_HEADS`, endings of the architecture names of models that already do the task;
 - `INPUT_ROLES`, the roles batch inference reads from each row (("text",) for most tasks); optionally
   `FORMAT_BY_EXTENSION`, file extensions that mean a task-specific format (.json is SQuAD for QA);
+- `EVAL_METRICS`, what its periodic evaluation during training (eval_steps) reports, main metric first,
+  each with whether greater is better: what early stopping may watch (default: loss alone);
 - `row_schema(columns)`, the upload check of its rows (a `worker.datafiles.RowSchema`), and
   `check_trainable(stats)`, an `Untrainable` saying why data with those upload stats cannot
   train a model (or None);
@@ -80,6 +82,11 @@ def params_model(task: str, kind: str):
 def tasks_of(kind: str) -> tuple[str, ...]:
     """Return the tasks a job of `kind` can be submitted for (pretraining has none of its own)."""
     return (LANGUAGE_MODELING,) if kind == "pretrain" else TASKS
+
+
+def eval_metrics(task: str) -> dict[str, bool]:
+    """Return what `task`'s evaluation during training reports (metric -> greater is better), main one first."""
+    return getattr(get_task(task), "EVAL_METRICS", {"loss": False})
 
 
 def get_task(name: str) -> ModuleType:

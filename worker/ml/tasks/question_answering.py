@@ -41,6 +41,8 @@ FORMAT_BY_EXTENSION = {".json": "squad"}  # a .json upload for this task is a SQ
 DOC_STRIDE = 64  # tokens shared by consecutive windows of a long context
 MAX_ANSWER_TOKENS = 30
 N_BEST = 20
+# What the periodic evaluation (eval_steps) reports: the span loss of the validation windows.
+EVAL_METRICS = {"loss": False}
 
 
 # ---- data: schema and validation ---------------------------------------------------------------
@@ -258,11 +260,12 @@ def finetune(params: FinetuneParams, *, base_model: str, train_path: Path, valid
 
         model, tokenizer = load_reader(base_model)
         max_length = effective_max_length(tokenizer, params.max_length)
+        evaluated = _train_features(tokenizer, validation, validation_contexts, max_length) if params.eval_steps else None
         return TrainingSetup(model, tokenizer, _train_features(tokenizer, train, train_contexts, max_length),
-                             DataCollatorWithPadding(tokenizer))
+                             DataCollatorWithPadding(tokenizer), eval_set=evaluated)
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
-                 setup=setup, load_trained=load_reader)
+                 setup=setup, load_trained=load_reader, eval_metrics=EVAL_METRICS)
     model, tokenizer = fitted.model, fitted.tokenizer
     model.eval()
     spans = answer_spans(model, tokenizer, validation.texts, validation_contexts,

@@ -33,6 +33,8 @@ PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForSequenceClassification"
 TRAINED_HEADS = ("ForSequenceClassification",)  # architecture names of models that already do this task
 MIN_CLASSES = 2
+# What the periodic evaluation (eval_steps) reports, main metric first: name -> greater is better.
+EVAL_METRICS = {"f1_macro": True, "accuracy": True, "loss": False}
 
 
 # ---- data: schema and validation ---------------------------------------------------------------
@@ -92,7 +94,7 @@ def finetune(
         )
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
-                 setup=setup, load_trained=load_classifier)
+                 setup=setup, load_trained=load_classifier, eval_metrics=EVAL_METRICS)
     model, tokenizer = fitted.model, fitted.tokenizer
     max_length = effective_max_length(tokenizer, params.max_length)
     metrics = _evaluate_texts(model, tokenizer, validation, label_names, params, max_length, hooks)

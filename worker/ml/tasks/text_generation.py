@@ -34,6 +34,8 @@ INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = "AutoModelForCausalLM"
 TRAINED_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture names of models that already do this task
+# What the periodic evaluation (eval_steps) reports: the validation tokens' loss (perplexity is its exp).
+EVAL_METRICS = {"loss": False}
 
 
 # ---- data: schema and validation ---------------------------------------------------------------
@@ -192,10 +194,11 @@ def finetune(params: GenerationFinetuneParams, *, base_model: str, train_path: P
 
         model, tokenizer = load_lm(base_model)
         return TrainingSetup(model, tokenizer, _encode(tokenizer, train, max_length),
-                             DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORED), compute_loss=causal_loss)
+                             DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORED), compute_loss=causal_loss,
+                             eval_set=_encode(tokenizer, validation, max_length) if params.eval_steps else None)
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
-                 setup=setup, load_trained=load_lm)
+                 setup=setup, load_trained=load_lm, eval_metrics=EVAL_METRICS)
     model, tokenizer = fitted.model, fitted.tokenizer
     model.eval()
     metrics = language_model_metrics(model, tokenizer, validation, max_length=max_length,

@@ -45,6 +45,8 @@ INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = SHARED_PARAMS  # job kind -> its parameters' model
 MODEL_CLASS = "AutoModelForTokenClassification"
 TRAINED_HEADS = ("ForTokenClassification",)  # architecture names of models that already do this task
+# What the periodic evaluation (eval_steps) reports, main metric first: name -> greater is better.
+EVAL_METRICS = {"f1": True, "precision": True, "recall": True, "accuracy": True, "loss": False}
 OUTSIDE = "O"
 TAG_PATTERN = re.compile(r"^(?:O|([BI])-(\S+))$")
 # Words as the predictor splits raw text: runs of word characters (with inner - or '), or one other
@@ -306,10 +308,12 @@ def finetune(
         tag_ids = {name: i for i, name in enumerate(tag_names)}
         max_length = effective_max_length(tokenizer, params.max_length)
         return TrainingSetup(model, tokenizer, _encode(tokenizer, train, tag_ids, max_length),
-                             DataCollatorForTokenClassification(tokenizer), compute_loss=token_loss)
+                             DataCollatorForTokenClassification(tokenizer), compute_loss=token_loss,
+                             eval_set=_encode(tokenizer, validation, tag_ids, max_length) if params.eval_steps else None,
+                             compute_metrics=_step_metrics(tag_names), preprocess_logits=_likeliest_tags)
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
-                 setup=setup, load_trained=load_tagger)
+                 setup=setup, load_trained=load_tagger, eval_metrics=EVAL_METRICS)
     model, tokenizer = fitted.model, fitted.tokenizer
     model.eval()
     predicted = _predict_word_tags(
@@ -323,6 +327,25 @@ def finetune(
     tokenizer.save_pretrained(output_dir)
     summary = fitted.summary | {"validation_rows": len(validation.texts)}
     return {"label_names": tag_names, "metrics": metrics, "train": summary}
+
+
+def _likeliest_tags(logits, labels):
+    return logits.argmax(dim=-1)  # the Trainer then keeps a tag id per piece, not a score per tag
+
+
+def _step_metrics(tag_names: list[str]):
+    """Score the Trainer's periodic evaluation: entity metrics over each word's first piece (truncated)."""
+
+    def score(prediction) -> dict:
+        gold, predicted = [], []
+        for tags, labels in zip(prediction.predictions, prediction.label_ids):
+            first_pieces = labels != IGNORED
+            gold.append([tag_names[i] for i in labels[first_pieces]])
+            predicted.append([tag_names[i] for i in tags[first_pieces]])
+        metrics = entity_metrics(gold, predicted)
+        return {name: metrics[name] for name in EVAL_METRICS if name != "loss"}
+
+    return score
 
 
 def evaluate(

@@ -24,6 +24,7 @@ INPUT_ROLES = ("text",)  # batch inference reads one text per row
 PARAMS = GENERATION_PARAMS
 MODEL_CLASS = seq2seq.MODEL_CLASS
 TRAINED_HEADS = seq2seq.TRAINED_HEADS  # architecture names of models that already do this task
+EVAL_METRICS = seq2seq.EVAL_METRICS  # what the periodic evaluation (eval_steps) reports
 
 
 def row_schema(columns: dict[str, str]) -> TextPairRows:
