@@ -24,7 +24,10 @@ from db.services.jobs import add_event, create_job, get_job, list_events, list_j
 from db.services.pipelines import STEP_REFERENCE
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
-from worker.ml.tasks import LANGUAGE_MODELING, get_task, input_columns, untrained_for
+from worker.errors import PermanentJobError
+from worker.ml import stopping
+from worker.ml.layers import config_layer_count
+from worker.ml.tasks import LANGUAGE_MODELING, eval_metrics, get_task, input_columns, untrained_for
 from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS, publish_submitted
 
 log = logging.getLogger(__name__)
@@ -156,7 +159,33 @@ def _check_finetune(session: Session, params, task: str) -> list[tuple[int, str]
     # No validation_fraction check: worker/ml/data.py's split keeps at least one row on each side
     # of any dataset of two rows or more, and a one-row dataset already fails the class check.
     _check_model(session, params.base_model, "params.base_model")
+    _check_training_control(session, params, task)
     return pairs
+
+
+def _check_training_control(session: Session, params, task: str) -> None:
+    """Refuse an early-stopping metric the task does not report, or more frozen layers than the model has."""
+    try:
+        stopping.watched_metric(params, eval_metrics(task))
+    except PermanentJobError as exc:
+        raise InvalidInput(f"params.early_stopping_metric: {exc}", code="unknown_metric",
+                           details={"field": "params.early_stopping_metric", "metrics": list(eval_metrics(task))},
+                           ) from None
+    if params.freeze_layers == 0:
+        return
+    artifact = resolve_model(session, tenant_id(), params.base_model)
+    try:
+        path = artifact.path if artifact else resolve_unregistered(params.base_model,
+                                                                   hub_enabled=services().settings.hub_enabled)
+        layers = config_layer_count(json.loads((Path(path) / "config.json").read_text()))
+    except (ModelRefError, OSError, ValueError):
+        return  # a hub model: the worker counts its layers once it is loaded
+    if layers is not None and params.freeze_layers > layers:
+        raise InvalidInput(
+            f"params.freeze_layers: {params.freeze_layers} is more than the {layers} transformer layers of model "
+            f"'{params.base_model}'; choose at most {layers} ({layers} freezes every layer and trains the head alone)",
+            code="too_many_frozen_layers", details={"field": "params.freeze_layers", "layers": layers},
+        )
 
 
 def _check_pretrain(session: Session, params) -> list[tuple[int, str]]:

@@ -139,3 +139,47 @@ def test_running_a_saved_model_without_the_tasks_head_is_422(app, client, auth, 
                          "is a BertForSequenceClassification, not a token-classification model", "fine-tune it")
     assert error["details"]["architectures"] == ["BertForSequenceClassification"]
     _no_job_was_created(app)
+
+
+# ---- what trains and when it stops ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"early_stopping_patience": 3}, "early_stopping_patience needs eval_steps: set eval_steps"),
+        ({"early_stopping_metric": "accuracy"}, "early_stopping_metric applies only with early stopping"),
+        ({"freeze_base": True, "freeze_layers": 1}, "freeze_base already fixes the embeddings and every layer"),
+    ],
+)
+def test_contradictory_training_settings_are_422_saying_what_to_fix(app, client, auth, labelled, tiny_model,
+                                                                    params, says):
+    response = client.post(f"{API}/jobs", headers=auth, json=finetune_body(labelled["id"], tiny_model, **params))
+    error = assert_error(response, 422, "invalid_input", "params", says)
+    assert [f["field"] for f in error["details"]["fields"]] == ["params"]
+    _no_job_was_created(app)
+
+
+def test_an_early_stopping_metric_the_task_does_not_report_is_422_listing_those_it_does(app, client, auth, labelled,
+                                                                                        tiny_model):
+    body = finetune_body(labelled["id"], tiny_model, eval_steps=10, early_stopping_patience=2,
+                         early_stopping_metric="bleu")
+    error = assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "unknown_metric",
+                         "params.early_stopping_metric", "'bleu'", "choose one of f1_macro, accuracy, loss")
+    assert error["details"] == {"field": "params.early_stopping_metric", "metrics": ["f1_macro", "accuracy", "loss"]}
+    _no_job_was_created(app)
+
+
+def test_freezing_more_layers_than_the_base_model_has_is_422(app, client, auth, labelled, tiny_model):
+    body = finetune_body(labelled["id"], tiny_model, freeze_layers=3)
+    error = assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "too_many_frozen_layers",
+                         "params.freeze_layers: 3 is more than the 2 transformer layers", "choose at most 2")
+    assert error["details"] == {"field": "params.freeze_layers", "layers": 2}
+    _no_job_was_created(app)
+
+
+def test_a_fine_tune_that_freezes_and_stops_early_is_accepted(client, auth, labelled, tiny_model):
+    job = submit(client, auth, finetune_body(labelled["id"], tiny_model, freeze_layers=2, freeze_embeddings=True,
+                                             layer_lr_decay=0.9, eval_steps=10, early_stopping_patience=2,
+                                             early_stopping_metric="eval_accuracy"))
+    assert job["status"] == "queued" and job["params"]["early_stopping_metric"] == "accuracy"
