@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from api import db_session
 from api.dashboard import bp, writer
+from db.enums import JobStatus
 from db.errors import ServiceError
 from db.models import Job, JobEvent
 from db.services.datasets import list_datasets
@@ -86,8 +87,9 @@ def cancel_pipeline_view(pipeline_id: int):
     try:
         steps = cancel_pipeline(db_session(), g.tenant_id, pipeline_id)
         db_session().commit()
-        flash(f"Pipeline {pipeline_id}: cancel requested; {len(steps)} steps now "
-              f"{', '.join(sorted({job.status for job in steps}))}.", "info")
+        running = ", ".join(f"'{job.pipeline_step}'" for job in steps if job.status == JobStatus.RUNNING)
+        flash(f"Pipeline {pipeline_id}: every step that had not ended is cancelled"
+              + (f" ({running} stops at its next heartbeat)." if running else "."), "info")
     except ServiceError as exc:
         flash(exc.message, "error")
     return redirect(url_for("dashboard.pipeline", pipeline_id=pipeline_id))

@@ -71,7 +71,7 @@ def test_a_running_pipeline_shows_its_steps_progress(app, client, auth, pipeline
     tune = job_ids(pipeline)["tune"]
     set_jobs(app, [tune], status="running", started_at=utcnow(), progress_fraction=0.5, progress_stage="training",
              progress_done=5, progress_total=10)
-    log_in(client, auth)
+    csrf = log_in(client, auth)
 
     page = client.get(f"/pipelines/{pipeline['id']}/live").text
 
@@ -79,6 +79,13 @@ def test_a_running_pipeline_shows_its_steps_progress(app, client, auth, pipeline
     assert steps_shown(page)["tune"] == "running"
     assert "50.0% · training · 5/10" in page and "16.7% · 0/3 steps succeeded" in page
     assert polls(page) and 'data-testid="cancel-pipeline"' in page
+
+    cancelled = client.get(client.post(f"/pipelines/{pipeline['id']}/cancel", data={"csrf_token": csrf})
+                           .headers["Location"]).text  # the running step stops when its worker next beats
+
+    assert "every step that had not ended is cancelled (&#39;tune&#39; stops at its next heartbeat)." in cancelled
+    assert steps_shown(cancelled) == {"tune": "running", "check": "cancelled", "label": "cancelled"}
+    assert "(cancel requested)" in cancelled and polls(cancelled)
 
 
 def test_a_succeeded_pipeline_stops_polling_and_offers_no_cancel(app, client, auth, pipeline):
@@ -121,7 +128,7 @@ def test_cancel_from_the_pipeline_page(client, auth, pipeline):
 
     assert response.status_code == 302 and response.headers["Location"] == f"/pipelines/{pipeline['id']}"
     page = client.get(response.headers["Location"]).text
-    assert f"Pipeline {pipeline['id']}: cancel requested; 3 steps now cancelled." in page
+    assert f"Pipeline {pipeline['id']}: every step that had not ended is cancelled." in page
     assert '<span class="status cancelled" data-testid="pipeline-status">cancelled</span>' in page
     assert set(steps_shown(page).values()) == {"cancelled"}
     assert not polls(page) and 'data-testid="cancel-pipeline"' not in page

@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium against the running stack (gunicorn, a Celery worker, beat).
 
 The browser logs in, watches a fine-tune's progress bar and loss chart move, cancels it, opens a
-finished fine-tune's evaluation and its confusion matrix, downloads a batch job's output, and logs
-in as a viewer to find the write buttons gone and the write routes refused. Every page it visits is
+finished fine-tune's evaluation and its confusion matrix, downloads a batch job's output, logs in as
+a viewer to find the write buttons gone and the write routes refused, and submits a pipeline from
+its form, follows it to a step's job page and the pipelines list, and cancels it. Every page it visits is
 saved as a screenshot under test-artifacts/screenshots (NIGHTSHIFT_TEST_ARTIFACTS to move it).
 
 Chromium is Debian's (`apt-get install chromium`, which scripts/test.sh does on CI), driven by the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -216,6 +218,37 @@ def test_the_dashboard_in_a_browser(browser, dashboard, database, tiny_model, tm
     assert api_refused == 403
     assert [j["id"] for j in client.request("GET", "/jobs")["items"]][0] == batch["id"]  # nothing was retried
     viewer.context.close()
+
+    # A pipeline from its form: a wrong step is named beside the text first; Cancel pipeline ends every step.
+    page.goto("/pipelines")
+    page.click("[data-testid=new-pipeline-link]")
+    tune = {"name": "tune", "kind": "finetune", "params": {"base_model": str(tiny_model), "train_dataset_id": train["id"],
+                                                           "max_steps": 1_000_000, "save_steps": 1_000_000}}
+    label = {"name": "label", "kind": "batch_inference", "params": {"model": "@tune", "dataset_id": texts["id"]}}
+    page.fill("#f-steps", json.dumps({"name": "browser-pipeline", "steps": [tune, {**label, "after": "nowhere"}]},
+                                     indent=2))
+    page.click("[data-testid=submit-pipeline]")
+    expect(page.locator("[data-testid=pipeline-errors]")).to_contain_text("'nowhere' is not a step")
+    shoot(page, "new-pipeline-error")
+    page.fill("#f-steps", json.dumps({"name": "browser-pipeline", "steps": [tune, label]}, indent=2))
+    page.click("[data-testid=submit-pipeline]")
+    expect(page.locator("[data-testid=pipeline-status]")).to_have_text(re.compile("queued|running"))
+    pipeline_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("#step-label [data-testid=step-status]")).to_have_text("waiting")
+    shoot(page, "pipeline")
+    page.click("#step-label >> text=job #")
+    expect(page.locator("[data-testid=pipeline-of-job]")).to_contain_text(f"step 'label' of pipeline {pipeline_id}")
+    shoot(page, "job-step")
+    page.goto("/pipelines")
+    expect(page.locator(f"tr[data-pipeline='{pipeline_id}'] [data-testid=step-badge]")).to_have_count(2)
+    shoot(page, "pipelines")
+    page.click(f"tr[data-pipeline='{pipeline_id}'] [data-testid=pipeline-link]")
+    page.click("[data-testid=cancel-pipeline]")
+    expect(page.locator("[data-testid=pipeline-status]")).to_have_text("cancelled")  # polled until every step ends
+    expect(page.locator("[data-testid=step-status]")).to_have_text(["cancelled", "cancelled"])
+    assert page.locator("[data-testid=cancel-pipeline]").count() == 0
+    shoot(page, "pipeline-cancelled")
+    assert client.pipeline(pipeline_id)["status"] == "cancelled"
     page.context.close()
 
 
