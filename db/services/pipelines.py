@@ -159,16 +159,15 @@ def _why_not_run(before: Job) -> str:
     return reason + (f": {before.error_message}" if before.error_message else "")
 
 
-def _cancel(session: Session, job: Job, reason: str) -> bool:
+def _cancel(session: Session, job: Job, reason: str, code: str = "dependency_not_succeeded") -> bool:
     now = utcnow()
     cancelled = session.execute(
         update(Job).where(Job.id == job.id, status_guard(JobStatus.WAITING, JobStatus.CANCELLED))
-        .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, error_code="dependency_not_succeeded",
-                error_message=reason)
+        .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, error_code=code, error_message=reason)
     ).rowcount == 1
     if cancelled:
         add_event(session, job.id, "status", reason, level="warning",
-                  data={"status": str(JobStatus.CANCELLED), "error_code": "dependency_not_succeeded"})
+                  data={"status": str(JobStatus.CANCELLED), "error_code": code})
     return cancelled
 
 
@@ -219,7 +218,11 @@ def cancel_pipeline(session: Session, tenant_id: int, pipeline_id: int) -> list[
     """Cancel every step that has not ended (a running one stops at its next heartbeat)."""
     get_pipeline(session, tenant_id, pipeline_id)
     steps = pipeline_steps(session, [pipeline_id])[pipeline_id]
+    for job in steps:  # the waiting ones first: a step ending now must not release them
+        if job.status == JobStatus.WAITING:
+            _cancel(session, job, f"not run: pipeline {pipeline_id} was cancelled", code="pipeline_cancelled")
     for job in steps:
+        session.refresh(job)
         if not JobStatus(job.status).terminal and not job.cancel_requested:
             request_cancel(session, tenant_id, job.id)
     return steps

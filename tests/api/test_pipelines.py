@@ -51,6 +51,9 @@ def test_cancelling_the_pipeline_cancels_every_step(client, auth, labelled, unla
     body = response.get_json()
     assert body["status"] == "cancelled"
     assert [s["job"]["status"] for s in body["steps"]] == ["cancelled", "cancelled", "cancelled"]
+    reason = f"not run: pipeline {pipeline['id']} was cancelled"
+    assert [s["job"]["error"] and (s["job"]["error"]["code"], s["job"]["error"]["message"]) for s in body["steps"]] == [
+        None, ("pipeline_cancelled", reason), ("pipeline_cancelled", reason)]  # the queued one: cancelled before it started
 
 
 @pytest.mark.parametrize("change, code, mentions", [

@@ -75,3 +75,5 @@ def test_cancelling_a_running_pipeline_stops_its_step_and_never_starts_the_rest(
     tune, label = (step["job"] for step in done["steps"])
     assert tune["status"] == "cancelled" and tune["started_at"] is not None
     assert label["status"] == "cancelled" and label["started_at"] is None and label["attempts"] == 0
+    assert (label["error"]["code"], label["error"]["message"]) == (
+        "pipeline_cancelled", f"not run: pipeline {pipeline['id']} was cancelled")
