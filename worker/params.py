@@ -25,6 +25,24 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class LoraOptions(_Params):
+    """LoRA adapters (the peft library): low-rank updates of chosen linear layers, the base model fixed."""
+
+    r: int = Field(default=8, ge=1, le=1024, description="Rank of each low-rank update.")
+    alpha: float = Field(default=16.0, gt=0, le=10_000, description="Scaling: updates are multiplied by alpha / r.")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.]+$")]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="Names of the linear layers that get adapters (the last part of their module name, e.g. query, "
+                    "value). Default: the attention's query and value projections, found in the model (BERT query/value, "
+                    "DistilBERT q_lin/v_lin, GPT-2 c_attn, T5 q/v, BART and Llama q_proj/v_proj).",
+    )
+    train_head: bool = Field(
+        default=True, description="Also train (and store with the adapter) the task's head: a classifier's, a "
+                                  "tagger's or a reader's output layer. Language models have none to train.",
+    )
+
+
 class FinetuneParams(_Params):
     """Hyperparameters of a fine-tune (every task); defaults suit a small BERT-style encoder."""
 
@@ -96,6 +114,14 @@ class FinetuneParams(_Params):
                                     "at least 1.15x faster than fp32 on this machine, else fp32.",
     )
 
+    lora: LoraOptions | None = Field(
+        default=None, description="Train LoRA adapters instead of every weight: the model is registered as a small "
+                                  "adapter that references its base model (unless merge_adapter).",
+    )
+    merge_adapter: bool = Field(
+        default=False, description="With lora: merge the trained adapter into the base and register a full model.",
+    )
+
     @field_validator("early_stopping_metric")
     @classmethod
     def _bare_metric(cls, name: str | None) -> str | None:
@@ -127,6 +153,12 @@ def training_control_problem(params: FinetuneParams) -> str | None:
         verb = "applies" if len(stopping) == 1 else "apply"
         return (f"{' and '.join(stopping)} {verb} only with early stopping: set early_stopping_patience "
                 f"(evaluations without improvement before training stops, e.g. 3) or drop {' and '.join(stopping)}")
+    if params.lora is not None and freezing + (["freeze_base"] if params.freeze_base else []):
+        named = " and ".join(freezing + (["freeze_base"] if params.freeze_base else []))
+        return (f"lora already keeps every weight of the base model fixed and trains only the adapters (and the "
+                f"head, with lora.train_head), so {named} would change nothing: drop {named}")
+    if params.merge_adapter and params.lora is None:
+        return "merge_adapter merges a LoRA adapter into its base: set lora (e.g. {\"r\": 8}) or drop merge_adapter"
     if params.early_stopping_patience is not None and params.eval_steps is None:
         return ("early_stopping_patience needs eval_steps: set eval_steps (evaluate every N steps, e.g. 50) so that "
                 "there is a validation curve to stop on")
@@ -259,3 +291,4 @@ class PretrainParams(FinetuneParams):
     mlm_probability: float = Field(default=0.15, gt=0.0, lt=1.0, description="mlm: share of tokens masked.")
     freeze_base: bool = Field(default=False, description="Refused: pre-training trains the language model, not a "
                                                           "head over a fixed one (freeze_layers keeps lower layers fixed).")
+    lora: None = Field(default=None, description="Not for pre-training, which registers a full base model.")

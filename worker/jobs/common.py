@@ -9,6 +9,7 @@ from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
 from worker.errors import PermanentJobError
 from worker.lifecycle import JobContext
+from worker.ml import adapters
 
 
 def load_dataset_row(context: JobContext, dataset_id: int) -> Dataset:
@@ -26,12 +27,30 @@ def resolve_model_path(context: JobContext, ref: str) -> tuple[str, ModelArtifac
     """Turn a model reference into something `from_pretrained` loads, plus its registry row."""
     with context.session_factory() as session:
         artifact = resolve_model(session, context.job.tenant_id, ref)
+        base = _adapter_base(session, context, artifact) if artifact is not None else None
+    if base is not None:
+        adapters.use_base(artifact.path, base)
     if artifact is not None:
         return artifact.path, artifact
     try:
         return resolve_unregistered(ref, hub_enabled=context.settings.hub_enabled), None
     except ModelRefError as exc:
         raise PermanentJobError(exc.message, code=exc.code) from None
+
+
+def _adapter_base(session, context: JobContext, artifact: ModelArtifact) -> str | None:
+    """Return the path of a LoRA adapter's base model, resolved through the registry (None: not an adapter)."""
+    if not adapters.is_adapter(artifact.path):
+        return None
+    ref = adapters.adapter_record(artifact.path).get("base_model") or artifact.base_model
+    base = resolve_model(session, context.job.tenant_id, ref)
+    if base is not None:
+        return base.path
+    try:
+        return resolve_unregistered(ref, hub_enabled=context.settings.hub_enabled)
+    except ModelRefError:
+        raise PermanentJobError(f"model {artifact.name}:{artifact.version} is a LoRA adapter of '{ref}', which is no "
+                                "longer registered: register that base again", code="model_not_found") from None
 
 
 def job_dir(context: JobContext, area: str) -> Path:

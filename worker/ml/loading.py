@@ -12,12 +12,22 @@ def load_model(model_ref: str, model_class: str, what: str, *, label_names: list
     """Load (model, tokenizer) with a transformers Auto class, never running repository code.
 
     With `label_names`, the model gets a new head of that size (a checkpoint's head of another size
-    is replaced) and the names in its config.
+    is replaced) and the names in its config. A LoRA adapter's directory loads its base model with the
+    adapter on it (`worker/ml/adapters.py`): merged for a registered adapter, trainable for a checkpoint.
     """
     import transformers
     from transformers import AutoTokenizer
 
+    from worker.ml import adapters
+
     refuse_custom_code(model_ref)
+    if adapters.is_adapter(model_ref):
+        if label_names is not None and adapters.adapter_record(model_ref):
+            raise PermanentJobError(f"model '{model_ref}' is a LoRA adapter: fine-tune from its base model, or from "
+                                    "a full model (a fine-tune with merge_adapter registers one)")
+        model, tokenizer = adapters.load(model_ref, model_class)
+        _ensure_pad_token(model, tokenizer)
+        return model, tokenizer
     kwargs: dict = {"trust_remote_code": False}
     if label_names is not None:
         kwargs.update(

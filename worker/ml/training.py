@@ -2,7 +2,8 @@
 
 A task module supplies what is its own (how to build the model and the encoded train set, its
 collator and loss); `fit` does the rest the same way for every task: picks device and precision,
-drops torn checkpoints and checks batch geometry, freezes bottom layers and sets per-layer learning
+drops torn checkpoints and checks batch geometry, wraps the model with LoRA adapters
+(`worker/ml/adapters.py`) or freezes bottom layers and sets per-layer learning
 rates (`worker/ml/layers.py`), stops early on a validation metric keeping the best checkpoint
 (`worker/ml/stopping.py`), returns the result checkpoint when a previous attempt already finished
 training, and turns a GPU out-of-memory into a retry.
@@ -24,7 +25,7 @@ from worker.ml.checkpoints import (
     prepare_checkpoints,
     summary_from_state,
 )
-from worker.ml import stopping
+from worker.ml import adapters, stopping
 from worker.ml.device import choose_training_precision, pick_device, resolve_precision
 from worker.ml.hooks import JobHooks
 from worker.ml.layers import apply_freezing, layer_decay_optimizer
@@ -86,12 +87,16 @@ def fit(
         best = stopping.best_checkpoint(finished, checkpoint_dir) if watch else None
         model, tokenizer = load_trained(str(best or resume))
         model.to(device)
+        lora_stats = adapters.stats(model, params.lora) if params.lora is not None else None
         summary, state = summary_from_state(finished), finished
     else:
         from transformers import set_seed
 
         set_seed(params.seed)  # a new head is initialised the same way on every attempt
         built = setup()
+        if params.lora is not None:
+            built.model, lora_stats, line = adapters.wrap(built.model, params.lora)
+            hooks.log(line)
         frozen = apply_freezing(built.model, params)
         if frozen:
             hooks.log(frozen)
@@ -113,6 +118,11 @@ def fit(
         fields, line = stopping.outcome(params, watch, state)
         hooks.log(line)
         summary |= fields
+    if params.lora is not None:
+        summary["lora"] = lora_stats
+        if params.merge_adapter:
+            model = adapters.merged(model)
+            hooks.log("LoRA adapter merged into the base model: a full model is registered")
     summary |= {
         "resumed_from_step": checkpoint_step(resume) if resume else None,
         "train_rows": train_rows,
