@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from db.services.registry import record_evaluation, register_model
 from worker.jobs.common import headline_metrics, job_dir, load_dataset_row, resolve_model_path
 from worker.lifecycle import Finalize, JobContext
+from worker.ml.adapters import write_record
 
 
 def run(context: JobContext) -> Finalize:
@@ -34,19 +35,40 @@ def run(context: JobContext) -> Finalize:
         checkpoint_dir=job_dir(context, "checkpoints"),
         hooks=context,
     )
+    if params.lora is not None and not params.merge_adapter:
+        # Pinned to the base's version: the adapter's weights are updates of that version's weights.
+        base_ref = f"{base_artifact.name}:{base_artifact.version}" if base_artifact else params.base_model
+        outcome["adapter"] = adapter_summary(write_record(model_dir, base_model=base_ref, base_path=base_path,
+                                                          stats=outcome["train"]["lora"]))
+        context.log(f"LoRA adapter of {base_ref} saved: {outcome['adapter']['adapter_bytes']:,} bytes, "
+                    f"{outcome['adapter']['trainable_share']:.2%} of parameters trained")
+
+    return register_trained(context, params, task=job.task, model_dir=model_dir, base_artifact=base_artifact,
+                            train=train, validation=validation, outcome=outcome, label_names=outcome["label_names"])
+
+
+def register_trained(context: JobContext, params, *, task: str, model_dir: Path, base_artifact, train, validation,
+                     outcome: dict, label_names: list[str], extra: dict | None = None) -> Finalize:
+    """Return the finalize step of a training job: register the model and record its evaluation.
+
+    `outcome` holds the training's "metrics" (on the validation dataset, else on the held-out share of
+    train) and "train" summary; `extra` goes into the job's result and the evaluation's metrics.
+    """
+    job = context.job
+    adapter = outcome.get("adapter")  # a LoRA adapter's base, size and trainable share
 
     def finalize(session: Session) -> dict:
         artifact = register_model(
             session,
             tenant_id=job.tenant_id,
             name=params.model_name or f"job-{job.id}",
-            task=job.task,
-            base_model=base_artifact.name if base_artifact else params.base_model,
-            label_names=outcome["label_names"],
+            task=task,
+            base_model=adapter["base_model"] if adapter else (base_artifact.name if base_artifact else params.base_model),
+            label_names=label_names,
             tokenizer=tokenizer_summary(model_dir),
             path=str(model_dir),
             source_job_id=job.id,
-            metrics=headline_metrics(outcome["metrics"]),
+            metrics=headline_metrics(outcome["metrics"]) | ({"adapter": adapter} if adapter else {}),
         )
         evaluation = record_evaluation(
             session,
@@ -56,17 +78,24 @@ def run(context: JobContext) -> Finalize:
             dataset_id=validation.id if validation else train.id,
             job_id=job.id,
             split="validation" if validation else f"held-out {params.validation_fraction:.0%} of train",
-            metrics=outcome["metrics"],
+            metrics=outcome["metrics"] | (extra or {}),
         )
         result = {
             "model": f"{artifact.name}:{artifact.version}",
+            **(extra or {}),
             "evaluation_id": evaluation.id,
             "metrics": headline_metrics(outcome["metrics"]),
             "train": outcome["train"],
-        }
+        } | ({"adapter": adapter} if adapter else {})
         return {"result": result, "model_artifact_id": artifact.id, "output_path": str(model_dir)}
 
     return finalize
+
+
+def adapter_summary(record: dict) -> dict:
+    """The adapter facts shown on a job's result and a model: base, size, trainable share."""
+    return {key: record[key] for key in ("base_model", "adapter_bytes", "trainable_params", "total_params",
+                                         "trainable_share", "r", "alpha", "target_modules", "head_modules")}
 
 
 def tokenizer_summary(model_dir: Path) -> dict:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
-from db.services.registry import record_evaluation, register_model
-from worker.jobs.common import headline_metrics, job_dir, load_dataset_row, resolve_model_path
-from worker.jobs.finetune import tokenizer_summary
+from worker.jobs.common import job_dir, load_dataset_row, resolve_model_path
+from worker.jobs.finetune import register_trained
 from worker.lifecycle import Finalize, JobContext
 
 
@@ -37,39 +34,9 @@ def run(context: JobContext) -> Finalize:
         hooks=context,
     )
 
-    def finalize(session: Session) -> dict:
-        artifact = register_model(
-            session,
-            tenant_id=job.tenant_id,
-            name=params.model_name or f"job-{job.id}",
-            task=LANGUAGE_MODELING,
-            base_model=base_artifact.name if base_artifact else params.base_model,
-            label_names=[],
-            tokenizer=tokenizer_summary(model_dir),
-            path=str(model_dir),
-            source_job_id=job.id,
-            metrics=headline_metrics(outcome["metrics"]),
-        )
-        evaluation = record_evaluation(
-            session,
-            tenant_id=job.tenant_id,
-            model_artifact_id=artifact.id,
-            model_ref=f"{artifact.name}:{artifact.version}",
-            dataset_id=validation.id if validation else train.id,
-            job_id=job.id,
-            split="validation" if validation else f"held-out {params.validation_fraction:.0%} of train",
-            metrics=outcome["metrics"] | {"objective": outcome["objective"]},
-        )
-        result = {
-            "model": f"{artifact.name}:{artifact.version}",
-            "objective": outcome["objective"],
-            "evaluation_id": evaluation.id,
-            "metrics": headline_metrics(outcome["metrics"]),
-            "train": outcome["train"],
-        }
-        return {"result": result, "model_artifact_id": artifact.id, "output_path": str(model_dir)}
-
-    return finalize
+    return register_trained(context, params, task=LANGUAGE_MODELING, model_dir=model_dir, base_artifact=base_artifact,
+                            train=train, validation=validation, outcome=outcome, label_names=[],
+                            extra={"objective": outcome["objective"]})
 
 
 def _text_column(params, dataset) -> str:
