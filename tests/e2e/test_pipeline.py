@@ -85,6 +85,8 @@ def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_pat
     logs = client.request("GET", f"/jobs/{job['id']}/events", params={"type": "log"})["items"]
     assert f"precision: {reason}" in [e["message"] for e in logs]
     assert 10 < job["result"]["peak_rss_mb"] < 64 * 1024  # the job process's own peak, in MiB
+    seconds = job["result"]["seconds"]  # where the attempt's time went
+    assert set(seconds) == {"loading model", "predicting", "writing"} and seconds["predicting"] > 0
 
 
 def test_duplicate_delivery_of_one_message_runs_the_job_once(trained, system, tmp_path):

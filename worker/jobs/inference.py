@@ -19,6 +19,7 @@ output; rows that fail again are its errors.jsonl. Both merges stream, one line 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -66,7 +67,9 @@ def run(context: JobContext) -> Finalize:
     done = _done_chunks(context)
     total = source.total
     context.progress(fraction=_rows_in(done) / max(total, 1), stage="loading model", done=_rows_in(done), total=total)
-    predictor = task.Predictor.for_job(model_path, params)
+    clock = _Phases()
+    with clock("loading model"):
+        predictor = task.Predictor.for_job(model_path, params)
     context.log(f"precision: {predictor.precision_choice.reason}")
     rows = source.rows(after=max((c[3] for c in done.values()), default=-1))  # chunks commit in row order
     sizes = _ChunkSizes(params.chunk_rows)
@@ -74,13 +77,16 @@ def run(context: JobContext) -> Finalize:
     while chunk := list(itertools.islice(rows, sizes.next())):
         context.check()
         started = time.perf_counter()
-        results = predictor.predict_chunk([(i, read(row)) for i, row in chunk])
-        done[index] = _commit_chunk(context, out_dir, index, chunk, results)
+        with clock("predicting"):
+            results = predictor.predict_chunk([(i, read(row)) for i, row in chunk])
+        with clock("writing"):
+            done[index] = _commit_chunk(context, out_dir, index, chunk, results)
         sizes.measured(len(chunk), time.perf_counter() - started)
         index += 1
         rows_done = _rows_in(done)
         context.progress(fraction=rows_done / max(total, 1), stage="predicting", done=rows_done, total=total)
-    predictions, errors = _assemble(out_dir, done, base=source.base_predictions)
+    with clock("writing"):
+        predictions, errors = _assemble(out_dir, done, base=source.base_predictions)
     ok, failed = sum(c[1] for c in done.values()), sum(c[2] for c in done.values())
     summary = {
         "rows": dataset.row_count,
@@ -93,6 +99,7 @@ def run(context: JobContext) -> Finalize:
         "precision": predictor.precision,
         "precision_reason": predictor.precision_choice.reason,
         "peak_rss_mb": _peak_rss_mb(),
+        "seconds": clock.seconds,  # this attempt's wall time per phase (reading rows counts in none)
     }
     return lambda session: {"result": summary, "output_path": str(predictions)}
 
@@ -152,6 +159,21 @@ def _failed_rows(errors: Path) -> Iterator[int]:
     with open(errors, "rb") as lines:
         for line in lines:
             yield _row_of(line)
+
+
+class _Phases:
+    """Wall-clock seconds spent per phase of the job, summed over its chunks: where a slow job's time went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
 
 
 def _peak_rss_mb() -> float:
