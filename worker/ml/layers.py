@@ -103,8 +103,8 @@ def apply_freezing(model, params: FinetuneParams) -> str | None:
     depth = len(parts.layers)
     what = [f"the bottom {params.freeze_layers} of {depth} layers"] if params.freeze_layers else []
     what += ["the embeddings"] if params.freeze_embeddings else []
-    line = f"froze {' and '.join(what)} of {parts.stack}; " if what else f"layers {parts.stack}: "
-    line += f"{trainable:,} of {total:,} parameters train"
+    line = f"froze {' and '.join(what)} of {parts.stack}; {trainable:,} of {total:,} parameters train" if what \
+        else f"all {total:,} parameters train ({depth} layers in {parts.stack})"
     if params.layer_lr_decay < 1.0:
         bottom = params.learning_rate * params.layer_lr_decay ** (depth - 1)
         line += (f"; layer-wise learning-rate decay {params.layer_lr_decay:g}: head and top layer "

@@ -2,8 +2,9 @@
 
 Built on transformers' own pieces: `EarlyStoppingCallback` counts evaluations without improvement,
 `load_best_model_at_end` with `metric_for_best_model` tracks the best checkpoint in the trainer state
-(which a resumed run reads back, with the callback's counter) and loads it at the end, and the
-checkpoint rotation never deletes it. What is added here: the metric is checked against what the
+and loads it at the end, the checkpoint rotation never deletes it, and a run resumed after a kill reads
+both the best checkpoint and the stopper's count back from its checkpoint
+(`restore_callback_states_from_checkpoint`). What is added here: the metric is checked against what the
 task's evaluation reports, an evaluation that sets a new best is always saved (the Trainer only
 records a best it finds a checkpoint for), the evaluation that stops training is saved too (a
 rerun then sees training finished), and the stop is explained in the job's events and summary.
