@@ -25,7 +25,7 @@ from db.services.pipelines import STEP_REFERENCE
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
 from worker.errors import PermanentJobError
-from worker.ml import stopping
+from worker.ml import adapters, stopping
 from worker.ml.layers import config_layer_count
 from worker.ml.tasks import LANGUAGE_MODELING, eval_metrics, get_task, input_columns, untrained_for
 from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS, publish_submitted
@@ -171,6 +171,8 @@ def _check_training_control(session: Session, params, task: str) -> None:
         raise InvalidInput(f"params.early_stopping_metric: {exc}", code="unknown_metric",
                            details={"field": "params.early_stopping_metric", "metrics": list(eval_metrics(task))},
                            ) from None
+    if getattr(params, "lora", None) is not None:
+        _check_lora(session, params)
     if params.freeze_layers == 0:
         return
     artifact = resolve_model(session, tenant_id(), params.base_model)
@@ -186,6 +188,32 @@ def _check_training_control(session: Session, params, task: str) -> None:
             f"'{params.base_model}'; choose at most {layers} ({layers} freezes every layer and trains the head alone)",
             code="too_many_frozen_layers", details={"field": "params.freeze_layers", "layers": layers},
         )
+
+
+def _check_lora(session: Session, params) -> None:
+    """Refuse an adapter as the base of a LoRA fine-tune, and target modules the base model's family lacks."""
+    artifact = resolve_model(session, tenant_id(), params.base_model)
+    if artifact is not None and adapters.is_adapter(artifact.path):
+        raise InvalidInput(
+            f"params.base_model: model {artifact.name}:{artifact.version} is a LoRA adapter of {artifact.base_model}: "
+            f"fine-tune from {artifact.base_model}, or from a full model (merge_adapter registers one)",
+            code="adapter_as_base", details={"field": "params.base_model", "adapter_of": artifact.base_model})
+    if params.lora.target_modules is None:
+        return
+    try:
+        path = artifact.path if artifact else resolve_unregistered(params.base_model,
+                                                                   hub_enabled=services().settings.hub_enabled)
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (ModelRefError, OSError, ValueError, AttributeError):
+        return  # a hub model: the worker checks the names once it is loaded
+    found = adapters.unknown_targets(model_type, params.lora.target_modules)
+    if found is not None:
+        unknown, known = found
+        raise InvalidInput(
+            f"params.lora.target_modules: {', '.join(unknown)} is not a linear layer of a {model_type} model like "
+            f"'{params.base_model}'; its linear layers are {', '.join(known)}",
+            code="unknown_target_module", details={"field": "params.lora.target_modules", "unknown": unknown,
+                                                   "linear_layers": list(known)})
 
 
 def _check_pretrain(session: Session, params) -> list[tuple[int, str]]:

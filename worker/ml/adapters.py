@@ -24,7 +24,27 @@ PEFT_CONFIG = "adapter_config.json"
 # T5, GPT-2 (one fused qkv Conv1D), GPT-NeoX/Falcon, MPT.
 DEFAULT_TARGETS = (("query", "value"), ("q_lin", "v_lin"), ("q_proj", "v_proj"), ("q", "v"), ("c_attn",),
                    ("query_key_value",), ("Wqkv",))
+# The linear layers of common families by config.json model_type, for checking target_modules at submit
+# (before any model is loaded); other families are checked by the worker once the model is loaded.
+LINEAR_NAMES = {
+    "bert": ("query", "key", "value", "dense", "classifier", "qa_outputs"),
+    "roberta": ("query", "key", "value", "dense", "out_proj", "classifier", "qa_outputs"),
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2", "pre_classifier", "classifier",
+                   "vocab_transform", "vocab_projector", "qa_outputs"),
+    "gpt2": ("c_attn", "c_proj", "c_fc", "lm_head", "score"),
+    "t5": ("q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1", "lm_head"),
+    "bart": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "dense", "lm_head"),
+}
 _BASE_PATHS: dict[str, str] = {}  # adapter directory -> its base model's path, resolved by the job runner
+
+
+def unknown_targets(model_type: str | None, requested: list[str]) -> tuple[list[str], tuple[str, ...]] | None:
+    """Return (unknown names, the family's linear layers) for a family in LINEAR_NAMES, or None if all is known."""
+    known = LINEAR_NAMES.get(model_type or "")
+    if known is None:
+        return None
+    unknown = [name for name in requested if name.rsplit(".", 1)[-1] not in known]
+    return (unknown, known) if unknown else None
 
 
 def is_adapter(model_dir: str | Path) -> bool:
