@@ -114,7 +114,7 @@ def build_tiny_encoder(path: Path) -> Path:
     return build_tiny_classifier(path, SENTENCES + SEQ2SEQ_SENTENCES, vocab_size=500)
 
 
-def _build_tokenizer(corpus: list[str], vocab_size: int):
+def _build_tokenizer(corpus: list[str], vocab_size: int, **options):
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -135,6 +135,7 @@ def _build_tokenizer(corpus: list[str], vocab_size: int):
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=MAX_POSITIONS,
+        **options,
     )
 
 
@@ -181,3 +182,23 @@ def _pre_tokenizer():
     from tokenizers import pre_tokenizers
 
     return pre_tokenizers.BertPreTokenizer()
+
+
+def build_tiny_distilbert_classifier(path: Path, corpus: list[str] = SENTENCES) -> Path:
+    """Save a tiny DistilBERT classifier (2 labels) and its freshly trained tokenizer under `path`.
+
+    Its head reads the [CLS] state through a ReLU layer, where BERT's goes through a tanh pooler:
+    at this size that pooler tends to saturate on one of several independent labels (multi-label
+    data) and never learns the others.
+    """
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(corpus, VOCAB_SIZE_LIMIT, model_input_names=["input_ids", "attention_mask"])
+    tokenizer.save_pretrained(path)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=MAX_POSITIONS, num_labels=2, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(config).save_pretrained(path)
+    return path

@@ -6,6 +6,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from worker.errors import PermanentJobError
 
@@ -31,20 +32,23 @@ def read_rows(path: Path) -> list[dict]:
 
 @dataclass
 class Examples:
-    """Texts and their labels, row for row."""
+    """Texts and their labels, row for row (a label, or a list of labels for multi-label data)."""
 
     texts: list[str]
-    labels: list[str]
+    labels: list[Any]
 
 
-def read_labelled(path: Path, text_column: str, label_column: str, what: str) -> Examples:
+def read_labelled(
+    path: Path, text_column: str, label_column: str, what: str, *, label_value: Callable[[Any], Any] = str
+) -> Examples:
+    """Read texts and labels; `label_value` turns a stored label into the task's (default: its string)."""
     rows = read_rows(path)
     if not rows:
         raise PermanentJobError(f"the {what} dataset has no rows: upload a file with labelled examples")
-    return Examples(_column(rows, text_column, what, "text"), _column(rows, label_column, what, "label"))
+    return Examples(_column(rows, text_column, what, "text"), _column(rows, label_column, what, "label", label_value))
 
 
-def _column(rows: list[dict], column: str, what: str, role: str) -> list[str]:
+def _column(rows: list[dict], column: str, what: str, role: str, convert: Callable[[Any], Any] = str) -> list:
     if not any(column in row for row in rows):
         columns = ", ".join(sorted({key for row in rows[:100] for key in row}))
         raise PermanentJobError(
@@ -58,7 +62,7 @@ def _column(rows: list[dict], column: str, what: str, role: str) -> list[str]:
             f"the {role} column '{column}' is empty in {len(missing)} row(s) of the {what} dataset "
             f"(rows {named}{', ...' if len(missing) > MAX_ROWS_NAMED else ''}): fill them in or remove them"
         )
-    return [str(value) for value in values]
+    return [convert(value) for value in values]
 
 
 def split_examples(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:

@@ -11,6 +11,7 @@ from worker.ml.device import place_for_inference
 from worker.ml.loading import label_names_of, load_classifier
 from worker.ml.tuning import budgets_by_width
 
+MULTI_LABEL_PROBLEM = "multi_label_classification"  # transformers' config.problem_type
 # Tokenizers without a usable limit report a huge sentinel as model_max_length.
 UNSET_MODEL_MAX_LENGTH = 1_000_000
 # Texts tokenized per call: a fast tokenizer's result keeps an Encoding object of several KB per text
@@ -62,6 +63,14 @@ class Predictor:
             max_batch_size=self.max_batch_size, on_batch=on_batch,
         )
 
+    def decide(self, probabilities) -> list[str]:
+        """Return the predicted class of each row of a probabilities tensor: the likeliest one."""
+        return likeliest(probabilities, self.label_names)
+
+    def decision(self) -> dict:
+        """Describe how `decide` chooses, for results (nothing to say for the likeliest class)."""
+        return {}
+
     def predict_chunk(self, rows: list[tuple[int, str]]) -> list[dict]:
         """Classify (row_id, text) pairs; results come back in input order, bad rows as errors."""
         results: list[dict] = [{"row": row_id, "error": "empty text"} for row_id, _ in rows]
@@ -70,33 +79,51 @@ class Predictor:
             return results
         probabilities = self.predict_probabilities([rows[i][1] for i in valid]).tolist()
         for position, scores in zip(valid, probabilities):
-            best = max(range(len(scores)), key=scores.__getitem__)
-            results[position] = {
-                "row": rows[position][0],
-                "label": self.label_names[best],
-                "score": scores[best],
-                "probabilities": dict(zip(self.label_names, scores)),
-            }
+            results[position] = {"row": rows[position][0], **self.row_result(scores)}
         return results
+
+    def row_result(self, scores: list[float]) -> dict:
+        """Return one row's output line (after "row") from its class probabilities."""
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return {
+            "label": self.label_names[best],
+            "score": scores[best],
+            "probabilities": dict(zip(self.label_names, scores)),
+        }
 
 
 def predict_probabilities(
     model, tokenizer, texts: list[str], *, max_length: int, batch_tokens: int, max_batch_size: int,
     on_batch=None,
 ):
-    """Run `model` over `texts` in length-sorted, padding-light batches; return probabilities in order."""
+    """Run `model` over `texts` in length-sorted, padding-light batches; return probabilities in order.
+
+    A multi-label model (config.problem_type "multi_label_classification") scores each label on its
+    own with a sigmoid, as transformers' pipeline does; any other classifier gets a softmax over its classes.
+    """
     import torch
 
     encoded = tokenize_lean(tokenizer, texts, truncation=True, max_length=max_length)
+    activation = torch.sigmoid if is_multi_label(model) else (lambda logits: torch.softmax(logits, dim=-1))
 
     def step(inputs, _batch):
-        return torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
+        return activation(model(**inputs).logits.float()).cpu()
 
     rows = map_batches(model, tokenizer, encoded, step=step, batch_tokens=batch_tokens,
                        max_batch_size=max_batch_size, on_batch=on_batch)
     if not rows:
         return torch.empty(0, model.config.num_labels, dtype=torch.float32)
     return torch.stack(rows)
+
+
+def likeliest(probabilities, label_names: list[str]) -> list[str]:
+    """Return the name of each row's likeliest class in a (rows, classes) probabilities tensor."""
+    return [label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
+
+
+def is_multi_label(model) -> bool:
+    """Say whether a sequence classifier scores each label independently (several labels per text)."""
+    return getattr(model.config, "problem_type", None) == MULTI_LABEL_PROBLEM
 
 
 def tokenize_lean(tokenizer, texts: list[str], **options) -> dict[str, list]:

@@ -35,6 +35,7 @@ MODULES = (
     "worker.ml.seq2seq",
     "worker.ml.generation",
     "worker.ml.tasks.text_classification",
+    "worker.ml.tasks.multi_label_classification",
     "worker.ml.tasks.token_classification",
     "worker.ml.tasks.question_answering",
     "worker.ml.tasks.translation",

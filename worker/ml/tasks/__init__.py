@@ -6,7 +6,9 @@ Every task module defines:
   `PARAMS`, the parameters' pydantic model of each job kind (finetune, evaluate, batch_inference);
   `TRAINED_HEADS`, endings of the architecture names of models that already do the task;
 - `INPUT_ROLES`, the roles batch inference reads from each row (("text",) for most tasks); optionally
-  `FORMAT_BY_EXTENSION`, file extensions that mean a task-specific format (.json is SQuAD for QA);
+  `FORMAT_BY_EXTENSION`, file extensions that mean a task-specific format (.json is SQuAD for QA),
+  and `UPLOAD_OPTIONS`, upload form fields of its own (help by name) that `row_schema` takes as
+  keyword arguments (multi-label's label_separator);
 - `EVAL_METRICS`, what its periodic evaluation during training (eval_steps) reports, main metric first,
   each with whether greater is better: what early stopping may watch (default: loss alone);
 - `row_schema(columns)`, the upload check of its rows (a `worker.datafiles.RowSchema`), and
@@ -29,6 +31,7 @@ from worker.errors import PermanentJobError
 
 TASK_MODULES = {
     "text-classification": "worker.ml.tasks.text_classification",
+    "multi-label-classification": "worker.ml.tasks.multi_label_classification",
     "token-classification": "worker.ml.tasks.token_classification",
     "translation": "worker.ml.tasks.translation",
     "summarization": "worker.ml.tasks.summarization",

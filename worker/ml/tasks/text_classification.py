@@ -1,5 +1,10 @@
 """Text classification (sentiment, spam, topic): fine-tune, evaluate and batch-predict sequence classifiers.
 
+One class per row here; multi-label classification (`multi_label_classification.py`) trains,
+evaluates and predicts with the same functions, handing them its own `SingleLabel` subclass: what
+differs between the two (how labels are read and encoded, the loss, how scores become predictions,
+the metrics) is a method of that object, the rest is shared.
+
 torch, transformers and datasets are imported inside functions so that importing this module
 stays cheap for processes that never run a model.
 """
@@ -7,6 +12,7 @@ stays cheap for processes that never run a model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from worker.datafiles import TextRows
 from worker.errors import PermanentJobError
@@ -18,13 +24,14 @@ from worker.ml.predict import (
     Predictor,
     effective_max_length,
     length_batches,
+    likeliest,
     predict_probabilities,
 )
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
 from worker.params import SHARED_PARAMS, EvaluateParams, FinetuneParams
 
-__all__ = ["Predictor", "evaluate", "finetune", "length_batches"]
+__all__ = ["Predictor", "SingleLabel", "evaluate", "finetune", "length_batches"]
 
 TASK = "text-classification"
 ROLES = {"text": "text", "label": "label"}  # role -> default column of labelled data
@@ -58,6 +65,73 @@ def check_trainable(stats: dict) -> Untrainable | None:
     )
 
 
+# ---- labelling: what one class per row means ---------------------------------------------------
+
+
+class SingleLabel:
+    """One class per row: cross-entropy over the classes, the likeliest class predicted."""
+
+    problem_type: str | None = None  # transformers' config.problem_type of the trained model
+    eval_metrics = EVAL_METRICS  # what step_metrics reports (and the loss), main metric first
+    min_labels = MIN_CLASSES
+
+    def read(self, path: Path, text_column: str, label_column: str, what: str) -> Examples:
+        """Read a labelled dataset's texts and labels."""
+        return read_labelled(path, text_column, label_column, what)
+
+    def names_in(self, labels: list) -> list[str]:
+        """Return the class names that rows' labels hold, one per occurrence."""
+        return list(labels)
+
+    def too_few(self, label_column: str, count: int) -> str:
+        """Say why a train dataset with `count` distinct labels cannot train the classifier."""
+        return (f"the label column '{label_column}' has {count} distinct value(s) in the train dataset; a "
+                "classifier needs at least 2 classes")
+
+    def target(self, label: Any, label_ids: dict[str, int]) -> Any:
+        """Encode one row's label as the model's training target."""
+        return label_ids[label]
+
+    def loss(self, outputs, labels, num_items_in_batch=None):
+        # Mean over the whole accumulated batch. Left to the model, transformers 5 adds up each
+        # micro-batch's mean without dividing (Bert's forward takes **kwargs), so loss and gradients
+        # grew with gradient_accumulation_steps.
+        import torch.nn.functional as F
+
+        logits = outputs.logits.float()
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
+
+    def step_metrics(self, prediction) -> dict:
+        """Score the Trainer's periodic evaluation (params.eval_steps)."""
+        from sklearn.metrics import accuracy_score, f1_score
+
+        predicted = prediction.predictions.argmax(axis=-1)
+        expected = prediction.label_ids
+        return {
+            "accuracy": float(accuracy_score(expected, predicted)),
+            "f1_macro": float(f1_score(expected, predicted, average="macro", zero_division=0)),
+        }
+
+    def fitted_metrics(self, model, probabilities, examples: Examples, label_names: list[str], params) -> dict:
+        """Score the trained model's validation probabilities (a subclass may first fix its decision rule)."""
+        return self.metrics(examples.labels, likeliest(probabilities, label_names), label_names)
+
+    def metrics(self, expected: list, predicted: list, label_names: list[str]) -> dict:
+        return classification_metrics(expected, predicted, label_names)
+
+    def predictor(self, model_dir: str, params: EvaluateParams) -> Predictor:
+        """Load the predictor an evaluation's parameters ask for."""
+        return Predictor(
+            model_dir, max_length=params.max_length, batch_tokens=params.batch_size * params.max_length,
+            max_batch_size=params.batch_size, precision=params.precision,
+        )
+
+
+SINGLE_LABEL = SingleLabel()
+
+
 # ---- fine-tuning ------------------------------------------------------------------------------
 
 
@@ -71,33 +145,36 @@ def finetune(
     output_dir: Path,
     checkpoint_dir: Path,
     hooks: JobHooks,
+    labelling: SingleLabel = SINGLE_LABEL,
 ) -> dict:
     """Fine-tune `base_model` on labelled text, resuming from the newest complete checkpoint."""
     train, validation, label_names = _finetune_examples(
-        params, train_path, validation_path, columns["text"], columns["label"]
+        params, train_path, validation_path, columns["text"], columns["label"], labelling
     )
 
     def setup() -> TrainingSetup:
         from transformers import DataCollatorWithPadding
 
         model, tokenizer = load_classifier(base_model, label_names=label_names)
+        model.config.problem_type = labelling.problem_type  # not the base model's, should it have one
         if params.freeze_base:
             for parameter in model.base_model.parameters():
                 parameter.requires_grad = False
         max_length = effective_max_length(tokenizer, params.max_length)
         label_ids = {name: i for i, name in enumerate(label_names)}
         return TrainingSetup(
-            model, tokenizer, _encode(tokenizer, train, label_ids, max_length),
-            DataCollatorWithPadding(tokenizer), compute_loss=_classification_loss,
-            eval_set=_encode(tokenizer, validation, label_ids, max_length) if params.eval_steps else None,
-            compute_metrics=_eval_step_metrics,
+            model, tokenizer, _encode(tokenizer, train, label_ids, max_length, labelling),
+            DataCollatorWithPadding(tokenizer), compute_loss=labelling.loss,
+            eval_set=_encode(tokenizer, validation, label_ids, max_length, labelling) if params.eval_steps else None,
+            compute_metrics=labelling.step_metrics,
         )
 
     fitted = fit(params, train_rows=len(train.texts), checkpoint_dir=checkpoint_dir, hooks=hooks,
-                 setup=setup, load_trained=load_classifier, eval_metrics=EVAL_METRICS)
+                 setup=setup, load_trained=load_classifier, eval_metrics=labelling.eval_metrics)
     model, tokenizer = fitted.model, fitted.tokenizer
     max_length = effective_max_length(tokenizer, params.max_length)
-    metrics = _evaluate_texts(model, tokenizer, validation, label_names, params, max_length, hooks)
+    probabilities = _validation_probabilities(model, tokenizer, validation, params, max_length, hooks)
+    metrics = labelling.fitted_metrics(model, probabilities, validation, label_names, params)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -105,64 +182,36 @@ def finetune(
     return {"label_names": label_names, "metrics": metrics, "train": summary}
 
 
-def _finetune_examples(params, train_path, validation_path, text_column, label_column):
-    train = read_labelled(train_path, text_column, label_column, "train")
-    label_names = sorted(set(train.labels))
-    if len(label_names) < 2:
-        raise PermanentJobError(
-            f"the label column '{label_column}' has {len(label_names)} distinct value(s) in the train "
-            "dataset; a classifier needs at least 2 classes"
-        )
+def _finetune_examples(params, train_path, validation_path, text_column, label_column, labelling: SingleLabel):
+    train = labelling.read(train_path, text_column, label_column, "train")
+    label_names = sorted(set(labelling.names_in(train.labels)))
+    if len(label_names) < labelling.min_labels:
+        raise PermanentJobError(labelling.too_few(label_column, len(label_names)))
     if validation_path is None:
         train, validation = split_examples(train, params.validation_fraction, params.seed)
     else:
-        validation = read_labelled(validation_path, text_column, label_column, "validation")
-        check_labels(
-            label_names, validation.labels, "the validation dataset has labels the train dataset lacks"
-        )
+        validation = labelling.read(validation_path, text_column, label_column, "validation")
+        check_labels(label_names, labelling.names_in(validation.labels),
+                     "the validation dataset has labels the train dataset lacks")
     return train, validation, label_names
 
 
-def _encode(tokenizer, examples: Examples, label_ids: dict[str, int], max_length: int):
+def _encode(tokenizer, examples: Examples, label_ids: dict[str, int], max_length: int,
+            labelling: SingleLabel = SINGLE_LABEL):
     from datasets import Dataset
 
     encoded = dict(tokenizer(examples.texts, truncation=True, max_length=max_length))
-    encoded["labels"] = [label_ids[label] for label in examples.labels]
+    encoded["labels"] = [labelling.target(label, label_ids) for label in examples.labels]
     return Dataset.from_dict(encoded)
 
 
-def _classification_loss(outputs, labels, num_items_in_batch=None):
-    # Mean over the whole accumulated batch. Left to the model, transformers 5 adds up each
-    # micro-batch's mean without dividing (Bert's forward takes **kwargs), so loss and gradients
-    # grew with gradient_accumulation_steps.
-    import torch.nn.functional as F
-
-    logits = outputs.logits.float()
-    if num_items_in_batch is None:
-        return F.cross_entropy(logits, labels)
-    return F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
-
-
-def _eval_step_metrics(prediction) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    predicted = prediction.predictions.argmax(axis=-1)
-    expected = prediction.label_ids
-    return {
-        "accuracy": float(accuracy_score(expected, predicted)),
-        "f1_macro": float(f1_score(expected, predicted, average="macro", zero_division=0)),
-    }
-
-
-def _evaluate_texts(model, tokenizer, examples: Examples, label_names, params, max_length, hooks) -> dict:
+def _validation_probabilities(model, tokenizer, examples: Examples, params, max_length, hooks):
     model.eval()
     batch_size = params.eval_batch_size
-    probabilities = predict_probabilities(
+    return predict_probabilities(
         model, tokenizer, examples.texts, max_length=max_length, batch_tokens=batch_size * max_length,
         max_batch_size=batch_size, on_batch=progress_reporter(hooks),
     )
-    predicted = [label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
-    return classification_metrics(examples.labels, predicted, label_names)
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -175,20 +224,17 @@ def evaluate(
     columns: dict[str, str],
     params: EvaluateParams,
     hooks: JobHooks,
+    labelling: SingleLabel = SINGLE_LABEL,
 ) -> dict:
     """Score a classifier on a labelled dataset; returns classification metrics plus "rows"."""
-    examples = read_labelled(data_path, columns["text"], columns["label"], "evaluation")
-    predictor = Predictor(
-        model_dir, max_length=params.max_length, batch_tokens=params.batch_size * params.max_length,
-        max_batch_size=params.batch_size, precision=params.precision,
-    )
+    examples = labelling.read(data_path, columns["text"], columns["label"], "evaluation")
+    predictor = labelling.predictor(model_dir, params)
     unknown_message = f"the dataset has labels that model '{model_dir}' does not know"
-    check_labels(predictor.label_names, examples.labels, unknown_message)
+    check_labels(predictor.label_names, labelling.names_in(examples.labels), unknown_message)
     probabilities = predictor.predict_probabilities(examples.texts, on_batch=progress_reporter(hooks))
-    predicted = [predictor.label_names[i] for i in probabilities.argmax(dim=-1).tolist()]
-    metrics = classification_metrics(examples.labels, predicted, predictor.label_names)
+    metrics = labelling.metrics(examples.labels, predictor.decide(probabilities), predictor.label_names)
     metrics["rows"] = len(examples.texts)
     metrics["dtype"] = predictor.precision
-    return metrics
+    return metrics | predictor.decision()
 
 
