@@ -27,7 +27,10 @@ UPLOAD_FIELDS = {
     "task": f"The task whose labelled data this is: {', '.join(TASKS)}. Omit for text to run a model on "
             "(or for text classification, when label_column is given).",
     "text_column": "Column holding the text (default `text`).",
-    "label_column": "Column holding the label (text classification); omit for unlabelled data.",
+    "label_column": "Column holding the label (text classification; the labels, multi-label-classification); omit "
+                    "for unlabelled data.",
+    "label_separator": "multi-label-classification: the string joining a row's labels in its label column, e.g. `|` "
+                       "(default: each label cell is a list, or a JSON list such as [\"a\", \"b\"]).",
     "tokens_column": "token-classification: column holding each sentence's tokens (default `tokens`).",
     "tags_column": "token-classification: column holding each token's BIO tag (default `tags`).",
     "source_column": "translation: column holding the source text (default `source`).",
@@ -44,6 +47,7 @@ UPLOAD_FIELDS = {
               "question-answering, .txt is text).",
 }
 COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
+OPTION_MAX_CHARS = 10  # a task's own upload option, such as a label separator
 
 
 @bp.post("/datasets")
@@ -81,14 +85,31 @@ def _row_schema(form) -> tuple[str | None, RowSchema]:
     """
     label_column = _column(form, "label_column", None)
     task = form.get("task", "").strip() or ("text-classification" if label_column else None)
-    if task is None:
-        return None, TextRows(_column(form, "text_column", "text"), None)
-    if task not in TASKS:
+    if task is not None and task not in TASKS:
         raise InvalidInput(f"task {task!r} is not supported; use one of {', '.join(TASKS)}",
                            code="unknown_task", details={"field": "task", "tasks": list(TASKS)})
+    options = _task_options(form, task)
+    if task is None:
+        return None, TextRows(_column(form, "text_column", "text"), None)
     module = get_task(task)
     return task, module.row_schema({role: _column(form, f"{role}_column", default)
-                                    for role, default in module.ROLES.items()})
+                                    for role, default in module.ROLES.items()}, **options)
+
+
+def _task_options(form, task: str | None) -> dict[str, str]:
+    """Return the upload options of `task` the form gives; refuse an option of another task."""
+    options = {}
+    for other in TASKS:
+        for name in getattr(get_task(other), "UPLOAD_OPTIONS", {}):
+            value = form.get(name) or None
+            if value is None:
+                continue
+            if other != task:
+                raise InvalidInput(f"{name} applies to task={other}; this upload is "
+                                   f"{f'task={task}' if task else 'plain text'}: add task={other} or leave {name} out",
+                                   code="option_not_for_task", details={"field": name, "task": other})
+            options[name] = _form_value(value, name, OPTION_MAX_CHARS)
+    return options
 
 
 def _column(form, field: str, default: str | None) -> str | None:

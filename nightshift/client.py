@@ -108,9 +108,11 @@ class Client:
     # -- datasets ----------------------------------------------------------------------------------
     def upload_dataset(self, path: Path, *, task: str | None = None, text_column: str = "text",
                        label_column: str | None = None, name: str | None = None, fmt: str | None = None,
-                       target_file: Path | None = None, **role_columns: str) -> Body:
+                       target_file: Path | None = None, label_separator: str | None = None,
+                       **role_columns: str) -> Body:
         """Upload a dataset file, streamed from disk; a task's other columns go by role, e.g.
-        tokens_column="words"; `target_file` is translation's parallel file of targets."""
+        tokens_column="words"; `target_file` is translation's parallel file of targets;
+        `label_separator` joins the labels of a row in multi-label data (default: JSON lists)."""
         path = Path(path)
         form = {"text_column": text_column, "label_column": label_column or "", "name": name or path.name,
                 **role_columns}
@@ -118,6 +120,8 @@ class Client:
             form["task"] = task
         if fmt:
             form["format"] = fmt
+        if label_separator:
+            form["label_separator"] = label_separator
         files = {"file": Path(path)} | ({"target_file": Path(target_file)} if target_file else {})
         body = MultipartStream(form, files)
         try:

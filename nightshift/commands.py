@@ -130,6 +130,8 @@ def _upload_arguments(upload) -> None:
     upload.add_argument("--task", help="the task whose labelled data this is (omit for plain text)")
     upload.add_argument("--text-column", default="text")
     upload.add_argument("--label-column")
+    upload.add_argument("--label-separator", help="multi-label-classification: the string joining a row's labels, "
+                                                  "e.g. '|' (default: each label cell is a JSON list)")
     upload.add_argument("--format", help="csv, tsv, jsonl, parquet, conll, squad (default: from the file name)")
     upload.add_argument("--target-file", type=Path, help="translation: a file parallel to FILE")
     upload.add_argument("--column", action="append", default=[], metavar="ROLE=NAME",
@@ -235,7 +237,8 @@ def cmd_upload(args) -> int:
     roles = dict(_pair(item, "--column") for item in args.column)
     dataset = connect(args).upload_dataset(
         args.file, task=args.task, text_column=args.text_column, label_column=args.label_column, name=args.name,
-        fmt=args.format, target_file=args.target_file, **{f"{role}_column": name for role, name in roles.items()})
+        fmt=args.format, target_file=args.target_file, label_separator=args.label_separator,
+        **{f"{role}_column": name for role, name in roles.items()})
     return views.emit(args, dataset, views.dataset)
 
 

@@ -575,7 +575,8 @@ def _row_label(raw: Row, row: int, line: int | None, column: str, max_chars: int
     """Return the row's label, stripped, refusing a missing, structured or overlong value."""
     value = raw.get(column)
     if isinstance(value, (list, tuple, dict)):
-        problem = "holds a list or object; give one label per row, as a string or number."
+        problem = ("holds a list or object; give one label per row, as a string or number (for several labels "
+                   "per row, upload with task=multi-label-classification).")
         raise cell_error("bad_label", problem, row, line, column)
     label = (to_text(value) or "").strip()
     if not label:

@@ -17,7 +17,10 @@ TOP_LABELS = 40  # bars in the label chart; the rest are summed into "other"
 # The column fields of the upload form: text and label first (text classification, plain text), then
 # every other task's roles in the order its module lists them.
 ROLE_FIELDS = tuple(dict.fromkeys(["text", "label", *(role for task in TASKS for role in get_task(task).ROLES)]))
-FORM_FIELDS = {"file", "target_file", "name", "task", "format", *(f"{role}_column" for role in ROLE_FIELDS)}
+# Upload options of a task's own (multi-label's label_separator), by task.
+TASK_OPTIONS = {task: dict(getattr(get_task(task), "UPLOAD_OPTIONS", {})) for task in TASKS}
+FORM_FIELDS = {"file", "target_file", "name", "task", "format", *(f"{role}_column" for role in ROLE_FIELDS),
+               *(name for options in TASK_OPTIONS.values() for name in options)}
 # Errors about the file's content, which the message places by row and column.
 FILE_ERRORS = ("file_missing", "empty_file", "not_utf8", "bad_column_name", "bad_label")
 
@@ -50,12 +53,13 @@ def _datasets_page(form: MultiDict, errors: dict[str | None, str]):
                            next_cursor=rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None,
                            form=form, errors=errors, more_open=_other_roles_used(form, errors), tasks=TASKS,
                            formats=FORMATS, role_fields=ROLE_FIELDS,
-                           task_roles={task: list(get_task(task).ROLES) for task in TASKS})
+                           task_roles={task: list(get_task(task).ROLES) for task in TASKS}, task_options=TASK_OPTIONS)
 
 
 def _other_roles_used(form: MultiDict, errors: dict[str | None, str]) -> bool:
     """Whether the form's other-task columns should start unfolded: one is filled in or has an error."""
-    others = {f"{role}_column" for role in ROLE_FIELDS[2:]} | {"target_file"}
+    others = {f"{role}_column" for role in ROLE_FIELDS[2:]} | {"target_file"} | {
+        name for options in TASK_OPTIONS.values() for name in options}
     return any(form.get(field) for field in others) or bool(others & set(errors))
 
 
@@ -116,7 +120,7 @@ def _charts(stats: dict, task: str | None) -> dict:
                value.get("histogram") or
                {point: value[point] for point in ("min", "p50", "p90", "p99", "max", "mean") if point in value}
                for key, value in stats.items()
-               if (key.endswith("_length_chars") or key == "tokens_per_row") and isinstance(value, dict)}
+               if (key.endswith("_length_chars") or key.endswith("_per_row")) and isinstance(value, dict)}
     return {"counts": counts, "lengths": lengths}
 
 

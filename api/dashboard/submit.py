@@ -75,7 +75,7 @@ def form_fields(model: type[BaseModel]) -> list[FormField]:
     """Describe the inputs of a parameter model, in its field order."""
     fields = []
     for name, info in model.model_fields.items():
-        annotation = _unwrap_optional(info.annotation)
+        annotation = _unwrap_annotated(_unwrap_optional(info.annotation))
         default = None if info.is_required() else info.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
@@ -85,12 +85,24 @@ def form_fields(model: type[BaseModel]) -> list[FormField]:
             widget, choices = "checkbox", ()
         elif annotation in (int, float):
             widget, choices = ("dataset" if name.endswith("dataset_id") else "number"), ()
-        elif annotation is str:
+        elif annotation is str or _scalar_union(annotation):  # e.g. a threshold: a number or "tune"
             widget, choices = "text", ()
         else:  # nested options, lists, dicts
             widget, choices = "json", ()
         fields.append(FormField(name, widget, info.is_required(), default, info.description or "", choices))
     return fields
+
+
+def _scalar_union(annotation) -> bool:
+    """Say whether `annotation` is a union of numbers, strings and literals (typed as text, checked by pydantic)."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return False
+    return all(typing.get_origin(_unwrap_annotated(member)) is Literal or _unwrap_annotated(member) in (int, float, str)
+               for member in typing.get_args(annotation))
+
+
+def _unwrap_annotated(annotation):
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def _unwrap_optional(annotation):

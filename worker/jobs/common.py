@@ -61,8 +61,8 @@ def job_dir(context: JobContext, area: str) -> Path:
 
 
 # The few numbers of each task's metrics shown on a job and a model (each task has some of them).
-HEADLINE_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted",
-                    "precision", "recall", "f1", "bleu", "chrf", "rouge1", "rouge2", "rougeL",
+HEADLINE_METRICS = ("accuracy", "subset_accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro",
+                    "f1_weighted", "precision", "recall", "f1", "bleu", "chrf", "rouge1", "rouge2", "rougeL",
                     "loss", "perplexity", "exact_match", "support")
 
 

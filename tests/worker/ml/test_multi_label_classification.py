@@ -132,6 +132,20 @@ def test_early_stopping_watches_micro_f1_and_the_threshold_is_tuned_on_the_kept_
     assert train["threshold_source"] == "tuned on validation"
 
 
+def test_a_lora_adapter_keeps_the_multi_label_head_and_threshold(base, topic_data, tmp_path):
+    from worker.ml import adapters
+
+    result = run_finetune(make_params(base, max_steps=6, learning_rate=1e-2, lora={"r": 4}, threshold=0.4),
+                          topic_data, tmp_path)
+
+    adapter_dir = tmp_path / "model"
+    assert (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "model.safetensors").exists()
+    adapters.write_record(adapter_dir, base_model="tiny:1", base_path=str(base), stats=result["train"]["lora"])
+    predictor = ml.Predictor(str(adapter_dir), max_length=32, batch_tokens=64, max_batch_size=4)
+    assert predictor.decision() == {"threshold": 0.4, "threshold_source": "model"}
+    assert set(predictor.predict_chunk([(0, "good bad")])[0]["scores"]) == {"complaint", "praise"}
+
+
 def test_the_loss_is_the_mean_over_every_label_of_the_accumulated_batch():
     import torch
     from types import SimpleNamespace
