@@ -103,3 +103,23 @@ def wait_until(predicate, *, timeout: float, message: str, interval: float = 0.2
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting until {message}")
+
+
+TOPICS = {  # label -> words that mention it (all known to the tiny tokenizer of tests/tiny_models.py)
+    "praise": ["good", "great", "nice", "lovely", "excellent", "wonderful", "happy", "superb"],
+    "complaint": ["bad", "awful", "terrible", "horrible", "poor", "sad", "ugly", "nasty"],
+}
+TOPIC_FILLER = ["the", "movie", "was", "and", "food", "room", "day", "service"]
+
+
+def topic_rows(count: int, *, seed: int = 0) -> list[dict]:
+    """Multi-label rows {"text", "labels"}: the labels are the topics the text mentions, none, one or both."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        labels = sorted(label for label in TOPICS if rng.random() < 0.45)
+        words = [word for label in labels for word in rng.sample(TOPICS[label], 4)]
+        words += rng.sample(TOPIC_FILLER, rng.randint(1, 2))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "labels": labels})
+    return rows

@@ -1,10 +1,10 @@
 """Multi-label classification: label sets at upload, a tuned threshold stored with the model, metrics, output."""
 
 import json
-import random
 
 import pytest
 
+from tests.helpers import topic_rows
 from tests.tiny_models import build_tiny_distilbert_classifier
 from tests.worker.ml.hooks import InterruptAfter
 from worker.datafiles import DataFileError, ingest
@@ -14,25 +14,7 @@ from worker.ml.metrics import multi_label_metrics
 from worker.ml.tasks import get_task
 from worker.ml.tasks import multi_label_classification as ml
 
-TOPICS = {  # label -> words that mention it (all known to the tiny tokenizer)
-    "praise": ["good", "great", "nice", "lovely", "excellent", "wonderful", "happy", "superb"],
-    "complaint": ["bad", "awful", "terrible", "horrible", "poor", "sad", "ugly", "nasty"],
-}
-FILLER = ["the", "movie", "was", "and", "food", "room", "day", "service"]
 COLUMNS = {"text": "text", "label": "labels"}
-
-
-def topic_rows(count: int, *, seed: int = 0) -> list[dict]:
-    """Rows whose labels are the topics their text mentions: none, one or both."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        labels = sorted(label for label in TOPICS if rng.random() < 0.45)
-        words = [word for label in labels for word in rng.sample(TOPICS[label], 4)]
-        words += rng.sample(FILLER, rng.randint(1, 2))
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "labels": labels})
-    return rows
 
 
 def make_params(base, **overrides) -> ml.MultiLabelFinetuneParams:
