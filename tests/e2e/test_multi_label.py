@@ -111,6 +111,8 @@ def test_batch_inference_gives_every_label_above_the_threshold_row_by_row_in_ord
     output = [json.loads(line) for line in client.download_output(batch["id"], tmp_path / "p.jsonl").open()]
     errors = [json.loads(line) for line in client.download_output(batch["id"], tmp_path / "e.jsonl", errors=True).open()]
     assert [e["row"] for e in errors] == [11]
+    assert (batch["result"]["threshold"], batch["result"]["threshold_source"]) == (job["result"]["train"]["threshold"],
+                                                                                   "model")
     assert [r["row"] for r in output] == [i for i in range(300) if i != 11] and output[0]["id"] == "d0"
     threshold = job["result"]["train"]["threshold"]
     for line in output:
@@ -123,6 +125,7 @@ def test_batch_inference_gives_every_label_above_the_threshold_row_by_row_in_ord
     strict = client.wait(client.submit("batch_inference", {"model": "tiny-topics", "dataset_id": docs["id"],
                                                            "threshold": 0.999999}, task=TASK)["id"], timeout=180)
     assert strict["status"] == "succeeded", strict["error"]
+    assert (strict["result"]["threshold"], strict["result"]["threshold_source"]) == (0.999999, "job")
     lines = [json.loads(line) for line in client.download_output(strict["id"], tmp_path / "s.jsonl").open()]
     assert len(lines) == 299 and sum(bool(line["labels"]) for line in lines) < len(lines) // 2
 

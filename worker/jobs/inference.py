@@ -96,6 +96,7 @@ def run(context: JobContext) -> Finalize:
         "predictions": str(predictions),
         "errors": str(errors),
         "label_names": predictor.label_names,
+        **(predictor.decision() if hasattr(predictor, "decision") else {}),  # a multi-label model's threshold
         "precision": predictor.precision,
         "precision_reason": predictor.precision_choice.reason,
         "peak_rss_mb": _peak_rss_mb(),
