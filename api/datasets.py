@@ -29,8 +29,6 @@ UPLOAD_FIELDS = {
     "text_column": "Column holding the text (default `text`).",
     "label_column": "Column holding the label (text classification; the labels, multi-label-classification); omit "
                     "for unlabelled data.",
-    "label_separator": "multi-label-classification: the string joining a row's labels in its label column, e.g. `|` "
-                       "(default: each label cell is a list, or a JSON list such as [\"a\", \"b\"]).",
     "tokens_column": "token-classification: column holding each sentence's tokens (default `tokens`).",
     "tags_column": "token-classification: column holding each token's BIO tag (default `tags`).",
     "source_column": "translation: column holding the source text (default `source`).",
@@ -45,7 +43,7 @@ UPLOAD_FIELDS = {
     "completion_column": "text-generation: column holding the completion trained on (default `completion`).",
     "format": "csv | tsv | jsonl | parquet | conll | squad | text (default: from the file name; .json is SQuAD for "
               "question-answering, .txt is text).",
-}
+} | {name: help for task in TASKS for name, help in getattr(get_task(task), "UPLOAD_OPTIONS", {}).items()}
 COLUMN_NAME_MAX_CHARS = 200  # the width of datasets.text_column and label_column
 OPTION_MAX_CHARS = 10  # a task's own upload option, such as a label separator
 
