@@ -83,6 +83,25 @@ def test_the_objective_follows_the_model_and_a_mismatch_is_refused(tiny_classifi
         lm.choose_objective(str(build_tiny_seq2seq(tmp_path / "t5")), "auto")
 
 
+def test_masked_lm_projects_only_the_masked_tokens_onto_the_vocabulary_with_the_same_loss(tiny_classifier):
+    import torch
+
+    params = params_for(tiny_classifier)
+    model, tokenizer = lm.load_language_model(str(tiny_classifier), "mlm")
+    blocks = lm.group_texts(lm.tokenize(tokenizer, PATTERNS * 4, "mlm"), 16)
+    torch.manual_seed(0)
+    batch = lm.collator("mlm", tokenizer, params)([{"input_ids": row.tolist()} for row in blocks])
+    labels = batch.pop("labels")
+    full = lm.language_model_loss("mlm")(model(**batch), labels)
+
+    project = lm.defer_vocabulary_projection(model)
+    outputs = model(**batch)
+    assert outputs.logits.shape[-1] == model.config.hidden_size  # the forward stops before the projection
+    deferred = lm.language_model_loss("mlm", project)(outputs, labels)
+    assert torch.allclose(full, deferred, atol=1e-5), (full, deferred)
+    assert lm.defer_vocabulary_projection(model) is not None  # again: still the same projection
+
+
 def test_masked_lm_lowers_held_out_perplexity_and_saves_a_base_any_task_loads(tiny_classifier, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
