@@ -25,19 +25,17 @@ def classification_metrics(y_true: list[str], y_pred: list[str], label_names: li
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
     )
-    metrics["per_class"] = {
-        label: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, label in enumerate(labels)
-    }
+    metrics["per_class"] = _per_class(labels, precision, recall, f1, support)
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     metrics["confusion_matrix"] = {"labels": labels, "matrix": [[int(v) for v in row] for row in matrix]}
     metrics["support"] = len(y_true)
     return metrics
+
+
+def _per_class(labels: list[str], precision, recall, f1, support) -> dict:
+    """Each label's precision, recall, F1 and support from scikit-learn's per-label arrays."""
+    return {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                    "support": int(support[i])} for i, label in enumerate(labels)}
 
 
 def indicator_matrix(label_sets: list[list[str]], label_names: list[str]):
@@ -66,16 +64,9 @@ def multi_label_metrics(y_true: list[list[str]], y_pred: list[list[str]], label_
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, guess, labels=selected, average=None, zero_division=0
     )
-    metrics["per_class"] = {
-        label: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-            "predicted": int(predicted[:, i].sum()),
-        }
-        for i, label in enumerate(labels)
-    }
+    metrics["per_class"] = _per_class(labels, precision, recall, f1, support)
+    for i, label in enumerate(labels):
+        metrics["per_class"][label]["predicted"] = int(predicted[:, i].sum())
     metrics["support"] = len(y_true)
     return metrics
 
