@@ -47,6 +47,7 @@ class JobContext:
         self.time_up = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time: events reach the table in the order reported
         self._progress: dict[str, Any] = {}
         self._events: list[dict[str, Any]] = []
         self._started = time.monotonic()
@@ -96,7 +97,13 @@ class JobContext:
         return None
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
+        """Write the checkpoint's event and everything reported before it now, not at the next beat.
+
+        Called before the checkpoint is marked complete: a process killed after the mark leaves no hole
+        in the job's metrics between the last beat and the step its next attempt resumes from.
+        """
         self._event("log", f"checkpoint saved at step {step}", step=step, data={"path": str(path)})
+        self.flush()
 
     # -- heartbeat ------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,6 +117,10 @@ class JobContext:
 
     def flush(self) -> None:
         """Write progress and buffered events if this attempt still owns the job."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             progress, events, self._events = self._progress, self._events, []
         try:

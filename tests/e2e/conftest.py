@@ -50,7 +50,11 @@ def database(system):
 
 
 def kill_after_first_checkpoint(database, job_id: int) -> None:
-    """Wait until the job has saved a checkpoint, then SIGKILL the process holding its lease."""
+    """Wait until the job has saved a checkpoint, then SIGKILL the process holding its lease.
+
+    A checkpoint's event is written before the checkpoint counts (`JobContext.checkpoint_saved`), so the
+    kill lands a poll (50 ms) after it; the job must still have steps to go then, or the test says so.
+    """
     import signal
 
     from sqlalchemy import select
@@ -58,12 +62,18 @@ def kill_after_first_checkpoint(database, job_id: int) -> None:
     from db.models import Job, JobEvent
     from tests.helpers import wait_until
 
-    def saved() -> bool:
+    def running_owner_after_a_checkpoint() -> str | None:
         with database() as session:
-            events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "log"))
-            return any(e.message.startswith("checkpoint saved") for e in events)
+            saved = session.scalar(select(JobEvent.id).where(
+                JobEvent.job_id == job_id, JobEvent.type == "log", JobEvent.message.startswith("checkpoint saved")
+            ).limit(1))
+            job = session.get(Job, job_id)
+            assert job.status in ("queued", "running"), f"job {job_id} {job.status} before it could be killed"
+            return job.lease_owner if saved and job.status == "running" else None
 
-    wait_until(saved, timeout=180, message=f"job {job_id} saves its first checkpoint")
-    with database() as session:
-        owner = session.get(Job, job_id).lease_owner
-    os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    owner = wait_until(running_owner_after_a_checkpoint, timeout=180, interval=0.05,
+                       message=f"job {job_id} saves its first checkpoint")
+    try:
+        os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    except ProcessLookupError:
+        raise AssertionError(f"job {job_id} ended before it could be killed: give it more steps") from None

@@ -12,7 +12,7 @@ from tests.helpers import write_reviews
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {"max_steps": 30, "batch_size": 8, "learning_rate": 1e-2, "logging_steps": 5, "save_steps": 5,
+SETTINGS = {"max_steps": 60, "batch_size": 8, "learning_rate": 1e-2, "logging_steps": 5, "save_steps": 5,
             "max_length": 32, "lora": {"r": 4}}
 
 

@@ -126,8 +126,8 @@ def job_callback(hooks: JobHooks, save_seconds: float):
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
             if path.is_dir():
+                hooks.checkpoint_saved(path, state.global_step)  # durable before the checkpoint counts
                 (path / COMPLETE_MARKER).touch()
-                hooks.checkpoint_saved(path, state.global_step)
             self.last_save = time.monotonic()
 
     return JobCallback()

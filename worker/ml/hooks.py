@@ -26,7 +26,7 @@ class JobHooks(Protocol):
         """Raise `worker.errors.JobInterrupted` if the job must stop (cancel, lost lease)."""
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
-        """Note that a complete checkpoint was written."""
+        """Record that a checkpoint was written, with everything reported before it, before it is marked complete."""
 
     def stop_requested(self) -> str | None:
         """Return why the job should checkpoint and stop ("shutdown", "time_limit"), or None."""
