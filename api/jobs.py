@@ -40,7 +40,7 @@ LABELS_NAMED = 10  # labels quoted in an error message; details carry them all
 
 
 @bp.post("/jobs")
-@spec("Submit a finetune, evaluate, batch_inference or pretrain job", body=JobIn, response=JobOut, status=202)
+@spec("Submit a finetune, evaluate, batch_inference, pretrain or merge job", body=JobIn, response=JobOut, status=202)
 def submit():
     submission = parse_body(JobIn).root
     key = request.headers.get("Idempotency-Key")
@@ -100,7 +100,9 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
         return _check_finetune(session, params, task)
     if kind == "pretrain":
         return _check_pretrain(session, params)
-    artifact = _check_model(session, params.model, "params.model", task=task)
+    artifact = _check_model(session, params.model, "params.model", task=None if kind == "merge" else task)
+    if kind == "merge":
+        _check_adapter(params.model, artifact)
     if artifact is not None and artifact.task == LANGUAGE_MODELING:
         raise InvalidInput(
             f"params.model: model {artifact.name}:{artifact.version} is a pre-trained language model without a "
@@ -114,6 +116,8 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
             f"{task}: submit it with task={artifact.task}, or use a {task} model",
             code="wrong_task", details={"field": "params.model", "model_task": artifact.task, "task": task},
         )
+    if kind == "merge":
+        return []
     if kind == "evaluate":
         dataset = _labelled(session, params.dataset_id, "params.dataset_id")
         _check_task(dataset, task, "params.dataset_id")
@@ -135,6 +139,20 @@ def _check_references(session: Session, submission) -> list[tuple[int, str]]:
     if params.only_failed_rows_of is not None:
         check_retried_rows(session, tenant_id(), params.only_failed_rows_of, task, dataset)
     return [(dataset.id, "input")]
+
+
+def _check_adapter(ref: str, artifact: ModelArtifact | None) -> None:
+    """Refuse a merge of anything but a registered LoRA adapter (or the model of a pipeline step)."""
+    if artifact is None and ref.startswith(STEP_REFERENCE):
+        return  # checked against the step that registers it (api/pipelines.py)
+    if artifact is None:
+        raise InvalidInput(f"params.model: '{ref}' is not a registered model; a merge folds a registered LoRA adapter "
+                           "(the model of a fine-tune with lora) into its base model: name that model",
+                           code="not_an_adapter", details={"field": "params.model"})
+    if not adapters.adapter_record(artifact.path):
+        raise InvalidInput(f"params.model: model {artifact.name}:{artifact.version} is a full model already; a merge "
+                           "folds a LoRA adapter (the model of a fine-tune with lora) into its base model",
+                           code="not_an_adapter", details={"field": "params.model"})
 
 
 def _check_finetune(session: Session, params, task: str) -> list[tuple[int, str]]:

@@ -26,6 +26,7 @@ from api.schemas import (
     PipelineListQuery,
     PipelineOut,
     StepIn,
+    default_task,
     job_out,
 )
 from db.enums import JobStatus
@@ -46,7 +47,7 @@ from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS
 
 bp = Blueprint("pipelines", __name__)
 
-MODEL_MAKING_KINDS = ("finetune", "pretrain")
+MODEL_MAKING_KINDS = ("finetune", "pretrain", "merge")
 
 
 @bp.post("/pipelines")
@@ -140,7 +141,13 @@ def _ancestors(name: str, afters: list[str | None], steps: list[StepIn]) -> list
 
 
 def _check_step_references(index: int, step: StepIn, earlier: list[str], steps: list[StepIn]) -> None:
-    kinds = {other.name: other.kind for other in steps}
+    """Refuse a `@name` model reference the named step cannot satisfy when this step is released.
+
+    `base_model` (fine-tune, pretrain) takes any model a step registers; `model` (evaluate, batch inference,
+    merge) uses it as it is, so it must have this step's task head, and a merge needs an adapter.
+    """
+    by_name = {other.name: other for other in steps}
+    task = step.task or default_task(step.kind)
     for key, name in step_references(step.params).items():
         field = f"steps[{index}].params.{key}"
         if name not in earlier:
@@ -148,9 +155,26 @@ def _check_step_references(index: int, step: StepIn, earlier: list[str], steps: 
             raise InvalidInput(f"{field}: '@{name}' is not a step '{step.name}' runs after (it runs after "
                                f"{runs_after}); name one of those, or set `after`", code="step_reference",
                                details={"field": field})
-        if kinds[name] not in MODEL_MAKING_KINDS:
-            raise InvalidInput(f"{field}: step '{name}' ({kinds[name]}) registers no model; name a finetune or "
-                               "pretrain step", code="step_reference", details={"field": field})
+        made = by_name[name]
+        if made.kind not in MODEL_MAKING_KINDS:
+            raise InvalidInput(f"{field}: step '{name}' ({made.kind}) registers no model; name a finetune, pretrain "
+                               "or merge step", code="step_reference", details={"field": field})
+        if key != "model":
+            continue
+        if made.kind == "pretrain":
+            raise InvalidInput(f"{field}: step '{name}' registers a pre-trained language model without a {task} head; "
+                               f"fine-tune it in a step of its own (base_model '@{name}') and use that step's model",
+                               code="no_task_head", details={"field": field, "step": name})
+        made_task = made.task or default_task(made.kind)
+        if made_task != task:
+            raise InvalidInput(f"{field}: step '{name}' registers a {made_task} model; step '{step.name}' is {task}: "
+                               f"give it task {made_task}, or use a {task} model", code="wrong_task",
+                               details={"field": field, "step": name, "model_task": made_task, "task": task})
+        lora = made.params.get("lora") is not None and not made.params.get("merge_adapter")
+        if step.kind == "merge" and not lora:
+            raise InvalidInput(f"{field}: step '{name}' registers a full model, not a LoRA adapter; a merge folds the "
+                               "adapter of a fine-tune with lora (and no merge_adapter) into its base model",
+                               code="not_an_adapter", details={"field": field, "step": name})
 
 
 @bp.get("/pipelines")

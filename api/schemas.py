@@ -267,7 +267,7 @@ class StepIn(_In):
                                   "model this step registers.")
     after: str | None = Field(default=None, description="The step this one starts after (it must succeed first); "
                                                          "default: the step before it in the list.")
-    kind: str = Field(description="finetune, evaluate, batch_inference or pretrain.")
+    kind: str = Field(description="finetune, evaluate, batch_inference, pretrain or merge.")
     task: str | None = Field(default=None, description="As in POST /jobs.")
     params: dict[str, Any] = Field(description="As in POST /jobs.")
     priority: int = Field(default=5, ge=0, le=9)

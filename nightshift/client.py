@@ -148,7 +148,7 @@ class Client:
     # -- jobs --------------------------------------------------------------------------------------
     def submit(self, kind: str, params: dict, *, task: str | None = None, priority: int | None = None,
                max_attempts: int | None = None, idempotency_key: str | None = None, **fields) -> Body:
-        """Submit a finetune, evaluate, batch_inference or pretrain job; the same `idempotency_key` returns the same job."""
+        """Submit a finetune, evaluate, batch_inference, pretrain or merge job; the same `idempotency_key` returns the same job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"kind": kind, "params": params,
                 **_clean({"task": task, "priority": priority, "max_attempts": max_attempts}), **fields}

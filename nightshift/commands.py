@@ -174,7 +174,7 @@ def _job_commands(sub, common) -> None:
 
 
 def _submit_arguments(submit) -> None:
-    submit.add_argument("kind", nargs="?", help="finetune, evaluate, batch_inference or pretrain (or from -f)")
+    submit.add_argument("kind", nargs="?", help="finetune, evaluate, batch_inference, pretrain or merge (or from -f)")
     submit.add_argument("params", nargs="*", help="key=value (values parsed as JSON when they can be)")
     submit.add_argument("-f", "--file", type=Path, help="YAML or JSON job file: {kind, task, params, priority}")
     submit.add_argument("--task", help="text-classification (default), token-classification, translation, ...")
@@ -278,7 +278,7 @@ def job_spec(args) -> dict[str, Any]:
     elif args.kind:
         spec["kind"] = args.kind
     if "kind" not in spec:
-        raise CliError("name the job's kind (finetune, evaluate, batch_inference, pretrain) or give a job file with -f")
+        raise CliError("name the job's kind (finetune, evaluate, batch_inference, pretrain, merge) or give a job file with -f")
     params = dict(spec.get("params") or {})
     params.update(_value(item) for item in pairs)
     spec["params"] = params

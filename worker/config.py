@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "NIGHTSHIFT_"
-JOB_KINDS = ("finetune", "evaluate", "batch_inference", "pretrain")
-# Continued pre-training trains like a fine-tune: it shares the fine-tunes' queue and time limit.
-SETTINGS_KIND = {"pretrain": "finetune"}
+JOB_KINDS = ("finetune", "evaluate", "batch_inference", "pretrain", "merge")
+# Continued pre-training trains like a fine-tune: it shares the fine-tunes' queue and time limit; merging an
+# adapter loads a model once, like an evaluation.
+SETTINGS_KIND = {"pretrain": "finetune", "merge": "evaluate"}
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -40,10 +41,10 @@ class Settings:
     relay_seconds: float = field(default=2.0, metadata={"help": "Outbox relay period (in beat)."})
     redispatch_after_seconds: float = field(default=30.0, metadata={"help": "Re-send a queued job's message if the broker lost it this long after sending."})
     queue_finetune: str = field(default="gpu", metadata={"help": "Celery queue of fine-tunes (and pretrain jobs)."})
-    queue_evaluate: str = field(default="gpu", metadata={"help": "Celery queue of evaluations."})
+    queue_evaluate: str = field(default="gpu", metadata={"help": "Celery queue of evaluations (and adapter merges)."})
     queue_batch_inference: str = field(default="gpu", metadata={"help": "Celery queue of batch inference."})
     time_limit_finetune: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a fine-tune (or pretrain) attempt: checkpoint, then fail with time_limit."})
-    time_limit_evaluate: int = field(default=2 * 3600, metadata={"help": "Soft time limit (s) of an evaluation attempt."})
+    time_limit_evaluate: int = field(default=2 * 3600, metadata={"help": "Soft time limit (s) of an evaluation (or merge) attempt."})
     time_limit_batch_inference: int = field(default=12 * 3600, metadata={"help": "Soft time limit (s) of a batch-inference attempt."})
     time_limit_grace_seconds: int = field(default=600, metadata={"help": "Hard limit = soft limit + this; then the process is killed."})
     visibility_timeout_seconds: int = field(default=13 * 3600, metadata={"help": "Redis transport visibility timeout."})

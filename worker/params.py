@@ -292,3 +292,13 @@ class PretrainParams(FinetuneParams):
     freeze_base: bool = Field(default=False, description="Refused: pre-training trains the language model, not a "
                                                           "head over a fixed one (freeze_layers keeps lower layers fixed).")
     lora: None = Field(default=None, description="Not for pre-training, which registers a full base model.")
+
+
+class MergeParams(_Params):
+    """Merge a registered LoRA adapter into its base model and register the result as a full model."""
+
+    model: ModelRef = Field(description="The registered adapter (`name` or `name:version`): a fine-tune with lora.")
+    model_name: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Registry name of the merged model; default: the adapter's name with -merged.",
+    )

@@ -43,3 +43,9 @@ def batch_inference(job_id: int) -> str:
 def pretrain(job_id: int) -> str:
     """Continue a model's pre-training on unlabelled text (job kind `pretrain`)."""
     return _run(job_id, "pretrain")
+
+
+@app.task(name="jobs.merge", base=JobTask)
+def merge(job_id: int) -> str:
+    """Merge a registered LoRA adapter into its base model (job kind `merge`)."""
+    return _run(job_id, "merge")

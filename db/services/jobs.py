@@ -19,6 +19,7 @@ TASK_NAMES = {
     "evaluate": "jobs.evaluate",
     "batch_inference": "jobs.batch_inference",
     "pretrain": "jobs.pretrain",
+    "merge": "jobs.merge",
 }
 
 

@@ -57,3 +57,47 @@ def test_a_lora_fine_tune_is_accepted_with_its_defaults(client, auth, labelled, 
     assert job["status"] == "queued"
     assert job["params"]["lora"] == {"r": 4, "alpha": 16.0, "dropout": 0.05, "target_modules": None,
                                      "train_head": True}
+
+
+def _register(app, name: str, path, *, task: str = "text-classification", adapter: bool = True) -> None:
+    (path / "adapter_config.json").write_text("{}")
+    if adapter:
+        (path / "nightshift_adapter.json").write_text('{"base_model": "tiny:1", "r": 4, "adapter_bytes": 10}')
+    with app.extensions["nightshift"].session_factory.begin() as session:
+        tenant = get_or_create_tenant(session, "acme")
+        register_model(session, tenant_id=tenant.id, name=name, task=task, base_model="tiny:1",
+                       label_names=["neg", "pos"], path=str(path))
+
+
+def test_a_merge_of_a_registered_adapter_is_queued_on_the_evaluation_queue(app, client, auth, tmp_path):
+    _register(app, "tuned", tmp_path)
+    job = submit(client, auth, {"kind": "merge", "params": {"model": "tuned", "model_name": "tuned-full"}})
+    assert (job["kind"], job["task"], job["status"]) == ("merge", "text-classification", "queued")
+    assert job["params"] == {"model": "tuned", "model_name": "tuned-full"}
+
+
+@pytest.mark.parametrize(("model", "code", "says"), [
+    ("full", "not_an_adapter", "params.model: model full:1 is a full model already; a merge folds a LoRA adapter"),
+    ("/no/such/dir", "unknown_model", "params.model: "),
+    ("@tune", "step_reference", "only a step of a pipeline (POST /pipelines) can use the model an earlier step"),
+])
+def test_a_merge_of_anything_but_an_adapter_is_422(app, client, auth, tmp_path, model, code, says):
+    _register(app, "full", tmp_path, adapter=False)
+    response = client.post(f"{API}/jobs", headers=auth, json={"kind": "merge", "params": {"model": model}})
+    error = assert_error(response, 422, code, says)
+    assert error["details"]["field"] == "params.model"
+    _no_job_was_created(app)
+
+
+def test_a_local_full_model_directory_is_not_an_adapter_to_merge(app, client, auth, tiny_model):
+    response = client.post(f"{API}/jobs", headers=auth, json={"kind": "merge", "params": {"model": str(tiny_model)}})
+    assert_error(response, 422, "not_an_adapter", f"params.model: '{tiny_model}' is not a registered model")
+    _no_job_was_created(app)
+
+
+def test_a_merge_for_another_task_than_the_adapters_is_422(app, client, auth, tmp_path):
+    _register(app, "tagger", tmp_path, task="token-classification")
+    response = client.post(f"{API}/jobs", headers=auth, json={"kind": "merge", "params": {"model": "tagger"}})
+    assert_error(response, 422, "wrong_task", "model tagger:1 is a token-classification model",
+                 "submit it with task=token-classification")
+    _no_job_was_created(app)

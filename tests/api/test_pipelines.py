@@ -67,8 +67,16 @@ def test_cancelling_the_pipeline_cancels_every_step(client, auth, labelled, unla
     (lambda steps: steps[0]["params"].update(learning_rate=-1), "invalid_input",
      ["steps[0].params.learning_rate", "greater than 0"]),
     (lambda steps: steps[1]["params"].update(dataset_id=999999), "dataset_not_found", ["steps[1] ('check')", "999999"]),
+    (lambda steps: steps[0].update(kind="pretrain", params={"base_model": steps[0]["params"]["base_model"],
+                                                            "train_dataset_id": steps[2]["params"]["dataset_id"]}),
+     "no_task_head", ["steps[1].params.model", "step 'tune' registers a pre-trained language model without a "
+                      "text-classification head", "base_model '@tune'"]),
+    (lambda steps: steps[1].update(task="token-classification"), "wrong_task",
+     ["steps[1].params.model", "step 'tune' registers a text-classification model; step 'check' is token-classification"]),
+    (lambda steps: steps[1].update(kind="merge", params={"model": "@tune"}), "not_an_adapter",
+     ["steps[1].params.model", "step 'tune' registers a full model, not a LoRA adapter"]),
 ], ids=["duplicate-name", "after-unknown", "after-later", "reference-to-evaluate", "reference-not-before",
-        "bad-parameter", "missing-dataset"])
+        "bad-parameter", "missing-dataset", "evaluate-a-pretrained-base", "other-task", "merge-a-full-model"])
 def test_bad_pipeline_is_refused_naming_the_step_and_field(client, auth, labelled, unlabelled, tiny_model,
                                                             change, code, mentions):
     body = three_steps(labelled, unlabelled, tiny_model)
@@ -78,6 +86,17 @@ def test_bad_pipeline_is_refused_naming_the_step_and_field(client, auth, labelle
 
     assert_error(response, 422, code, *mentions)
     assert client.get(f"{API}/jobs", headers=auth).get_json()["items"] == []  # nothing half-created
+
+
+def test_a_lora_step_merged_then_evaluated_is_accepted(client, auth, labelled, tiny_model):
+    pipeline = submit_pipeline(client, auth, {"steps": [
+        {"name": "tune", **finetune_body(labelled["id"], tiny_model, max_steps=2, lora={"r": 4})},
+        {"name": "full", "kind": "merge", "params": {"model": "@tune", "model_name": "sentiment-full"}},
+        {"name": "check", **evaluate_body(labelled["id"], "@full")},
+    ]})
+
+    assert [(s["name"], s["job"]["kind"], s["job"]["status"]) for s in pipeline["steps"]] == [
+        ("tune", "finetune", "queued"), ("full", "merge", "waiting"), ("check", "evaluate", "waiting")]
 
 
 def test_a_step_reference_outside_a_pipeline_is_refused(client, auth, labelled, tiny_model):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from worker.jobs import evaluate, finetune, inference, pretrain
+from worker.jobs import evaluate, finetune, inference, merge, pretrain
 
 RUNNERS = {
     "finetune": finetune.run,
     "evaluate": evaluate.run,
     "batch_inference": inference.run,
     "pretrain": pretrain.run,
+    "merge": merge.run,
 }

@@ -201,6 +201,18 @@ def load(adapter_dir: str, model_class: str, *, merge: bool | None = None):
     return model, tokenizer
 
 
+def merge_to(adapter_dir: str | Path, model_class: str, output_dir: Path) -> int:
+    """Save the base model with the registered adapter of `adapter_dir` merged in, and its tokenizer, to
+    `output_dir`; return the size of the saved weights."""
+    from worker.ml.loading import load_model
+
+    model, tokenizer = load_model(str(adapter_dir), model_class, "a LoRA adapter")  # merged on load
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return sum(path.stat().st_size for path in output_dir.glob("*.safetensors"))
+
+
 def merged(model):
     """Return `model` with its adapters merged into the weights, a plain transformers model."""
     from peft import PeftModel

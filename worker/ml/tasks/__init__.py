@@ -79,6 +79,10 @@ def params_model(task: str, kind: str):
         from worker.params import PretrainParams
 
         return PretrainParams
+    if kind == "merge":
+        from worker.params import MergeParams
+
+        return MergeParams
     return get_task(task).PARAMS[kind]
 
 
