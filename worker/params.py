@@ -79,7 +79,9 @@ class FinetuneParams(_Params):
     save_minutes: float = Field(
         default=10.0, gt=0, le=24 * 60, description="Checkpoint at least this often (compute minutes)."
     )
-    freeze_base: bool = Field(default=False, description="Train only the task's head (the encoder stays fixed).")
+    freeze_base: bool = Field(default=False, description="Train only the task's head: the base model (the encoder, in "
+                                                          "an encoder-decoder) stays fixed. Not for GPT-style models, "
+                                                          "whose output layer is their embeddings.")
     freeze_embeddings: bool = Field(
         default=False, description="Keep the (encoder's) embeddings fixed; with tied input and output embeddings "
                                    "(GPT-2, T5) this also fixes the output projection.",

@@ -89,7 +89,10 @@ def config_layer_count(config: dict) -> int | None:
 
 
 def apply_freezing(model, params: FinetuneParams) -> str | None:
-    """Freeze the embeddings and bottom layers `params` asks for; return a line saying what trains, or None."""
+    """Freeze what `params` asks for (the base, or the embeddings and bottom layers); return a line saying what
+    trains, or None."""
+    if params.freeze_base:
+        return _freeze_base(model)
     if not params.freeze_embeddings and params.freeze_layers == 0 and params.layer_lr_decay == 1.0:
         return None
     parts = _checked_parts(model, params)
@@ -110,6 +113,26 @@ def apply_freezing(model, params: FinetuneParams) -> str | None:
         line += (f"; layer-wise learning-rate decay {params.layer_lr_decay:g}: head and top layer "
                  f"{params.learning_rate:.3g}, bottom layer {bottom:.3g}, embeddings {bottom * params.layer_lr_decay:.3g}")
     return line
+
+
+def _freeze_base(model) -> str:
+    """Freeze the base model (the encoder, in an encoder-decoder), leaving the task's head to train."""
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    base = model.get_encoder() if encoder_decoder else model.base_model
+    if base is model:
+        raise PermanentJobError(f"freeze_base needs a base model under the task's head, and this {type(model).__name__} "
+                                "has none: drop freeze_base, or use freeze_layers to keep its lower layers fixed")
+    for parameter in base.parameters():
+        parameter.requires_grad = False
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == 0:  # e.g. GPT-2: its output layer is its input embeddings, tied
+        raise PermanentJobError(
+            f"freeze_base would leave nothing to train in this {type(model).__name__}: its output layer is tied to its "
+            "embeddings, so it has no head of its own; drop freeze_base, or use freeze_layers to keep its lower "
+            "layers fixed")
+    what = "the encoder" if encoder_decoder else f"the base model ({type(base).__name__})"
+    return f"froze {what}; {trainable:,} of {total:,} parameters train"
 
 
 def _checked_parts(model, params: FinetuneParams) -> Parts:

@@ -121,9 +121,6 @@ def finetune(params: GenerationFinetuneParams, pair: Pair, *, base_model: str, t
         from transformers import DataCollatorForSeq2Seq
 
         model, tokenizer = load_seq2seq(base_model)
-        if params.freeze_base:
-            for parameter in model.get_encoder().parameters():
-                parameter.requires_grad = False
         max_length = effective_max_length(tokenizer, params.max_length)
         evaluated = _encode(tokenizer, validation, max_length, params.max_target_length) if params.eval_steps else None
         return TrainingSetup(

@@ -117,6 +117,39 @@ def test_freeze_layers_in_an_encoder_decoder_fixes_only_the_encoders_bottom_laye
     assert line.startswith("froze the bottom 1 of 2 layers of encoder.block; ")
 
 
+@pytest.mark.parametrize(
+    ("builder", "auto_class", "trains"),
+    [
+        (build_tiny_reader_base, "AutoModelForQuestionAnswering", {"qa_outputs.weight", "qa_outputs.bias"}),
+        (build_tiny_tagger_base, "AutoModelForTokenClassification", {"classifier.weight", "classifier.bias"}),
+        (lambda path: build_tiny_seq2seq(path, "bart"), "AutoModelForSeq2SeqLM", None),
+    ],
+    ids=["reader", "tagger", "bart"],
+)
+def test_freeze_base_leaves_only_the_head_to_train_in_each_family(tmp_path, builder, auto_class, trains):
+    import transformers
+
+    model = getattr(transformers, auto_class).from_pretrained(builder(tmp_path / "model"))
+    line = apply_freezing(model, FinetuneParams(base_model="m", train_dataset_id=1, freeze_base=True))
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if trains is None:  # an encoder-decoder: the encoder (and the embeddings it shares) fixed, the decoder trains
+        assert trainable and not any(name.startswith(("model.encoder.", "model.shared.")) for name in trainable)
+        assert any(name.startswith("model.decoder.layers.") for name in trainable) and line.startswith("froze the encoder")
+    else:
+        assert trainable == trains and line.startswith("froze the base model (")
+    assert line.endswith(f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} of "
+                         f"{sum(p.numel() for p in model.parameters()):,} parameters train")
+
+
+def test_freeze_base_of_a_gpt_style_model_is_refused_saying_why(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_gpt2(tmp_path / "gpt2"))
+    with pytest.raises(PermanentJobError, match="output layer is tied to its embeddings.*use freeze_layers"):
+        apply_freezing(model, GenerationFinetuneParams(base_model="m", train_dataset_id=1, freeze_base=True))
+
+
 def test_freeze_layers_trains_exactly_the_layers_above(tiny_classifier, sentiment_data, tmp_path):
     hooks = NullHooks()
     params = make_params(tiny_classifier, freeze_layers=1, freeze_embeddings=True, max_steps=3, save_steps=100)

@@ -157,9 +157,6 @@ def finetune(
 
         model, tokenizer = load_classifier(base_model, label_names=label_names)
         model.config.problem_type = labelling.problem_type  # not the base model's, should it have one
-        if params.freeze_base:
-            for parameter in model.base_model.parameters():
-                parameter.requires_grad = False
         max_length = effective_max_length(tokenizer, params.max_length)
         label_ids = {name: i for i, name in enumerate(label_names)}
         return TrainingSetup(

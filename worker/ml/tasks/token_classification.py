@@ -302,9 +302,6 @@ def finetune(
         from transformers import DataCollatorForTokenClassification
 
         model, tokenizer = load_tagger(base_model, label_names=tag_names)
-        if params.freeze_base:
-            for parameter in model.base_model.parameters():
-                parameter.requires_grad = False
         tag_ids = {name: i for i, name in enumerate(tag_names)}
         max_length = effective_max_length(tokenizer, params.max_length)
         return TrainingSetup(model, tokenizer, _encode(tokenizer, train, tag_ids, max_length),
