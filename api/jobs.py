@@ -254,6 +254,7 @@ def _check_pretrain(session: Session, params) -> list[tuple[int, str]]:
                                    "params.validation_dataset_id")
         pairs.append((validation.id, "validation"))
     _check_model(session, params.base_model, "params.base_model")
+    _check_training_control(session, params, LANGUAGE_MODELING)
     return pairs
 
 

@@ -9,7 +9,16 @@ from sqlalchemy import select
 from db.models import OutboxMessage
 from db.services.registry import register_model
 from db.services.tenants import get_or_create_tenant
-from tests.api.helpers import API, assert_error, batch_body, evaluate_body, finetune_body, submit, upload
+from tests.api.helpers import (
+    API,
+    assert_error,
+    batch_body,
+    evaluate_body,
+    finetune_body,
+    submit,
+    upload,
+)
+from tests.api.test_jobs_refused import _no_job_was_created
 
 TEXT_FILE = b"A first paragraph\nwrapped over two lines.\n\nA second paragraph.\n\nA third.\n"
 TAGGED_CONLL = b"alice B-PER\nvisited O\nparis B-LOC\n\nbob B-PER\nmet O\ncarol B-PER\n"
@@ -73,6 +82,23 @@ def test_pretrain_refuses_freeze_base(client, auth, unlabelled, tiny_model):
     body = pretrain_body(unlabelled["id"], tiny_model, freeze_base=True)
     assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, "freeze_base_not_for_pretrain",
                  "params.freeze_base", "drop freeze_base")
+
+
+@pytest.mark.parametrize(("params", "code", "says"), [
+    ({"early_stopping_patience": 2, "eval_steps": 5, "early_stopping_metric": "f1_macro"}, "unknown_metric",
+     "params.early_stopping_metric: early_stopping_metric 'f1_macro' is not reported by this task's evaluation "
+     "during training; choose one of loss"),
+    ({"freeze_layers": 9}, "too_many_frozen_layers", "params.freeze_layers: 9 is more than the 2 transformer layers"),
+])
+def test_pretrain_training_control_is_checked_at_submit(app, client, auth, unlabelled, tiny_model, params, code, says):
+    body = pretrain_body(unlabelled["id"], tiny_model, **params)
+    assert_error(client.post(f"{API}/jobs", headers=auth, json=body), 422, code, says)
+    _no_job_was_created(app)
+
+
+def test_pretrain_stops_early_on_the_held_out_loss(client, auth, unlabelled, tiny_model):
+    body = pretrain_body(unlabelled["id"], tiny_model, early_stopping_patience=2, eval_steps=5)
+    assert client.post(f"{API}/jobs", headers=auth, json=body).status_code == 202
 
 
 def test_pretrain_names_only_language_modeling_as_its_task(client, auth, unlabelled, tiny_model):

@@ -93,6 +93,8 @@ def tasks_of(kind: str) -> tuple[str, ...]:
 
 def eval_metrics(task: str) -> dict[str, bool]:
     """Return what `task`'s evaluation during training reports (metric -> greater is better), main one first."""
+    if task == LANGUAGE_MODELING:  # pre-training's periodic evaluation: the held-out loss
+        return {"loss": False}
     return getattr(get_task(task), "EVAL_METRICS", {"loss": False})
 
 
