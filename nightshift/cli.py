@@ -16,7 +16,14 @@ from worker.config import Settings, describe
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    # key=value parameters may follow flags (`submit finetune --task ner epochs=3`), which argparse alone
+    # reads as unrecognized once a flag has ended the positionals.
+    args, extra = parser.parse_known_args(argv)
+    stray = [arg for arg in extra if arg.startswith("-") or "=" not in arg or not hasattr(args, "params")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.params = [*(args.params or []), *extra]
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from nightshift.cli import main
 from nightshift.stack import free_port
 from nightshift.views import watch
 from tests.nightshift.conftest import LABELLED_CSV
@@ -54,6 +55,10 @@ def test_jobs_submit_from_flags(run, labelled, database):
     assert job["params"]["dataset_id"] == labelled["id"]  # parsed as JSON: an integer
     human = run("submit", "batch_inference", "model=sentiment", f"dataset_id={labelled['id']}")
     assert human.code == 0 and "batch_inference" in human.out and "status    queued" in human.out
+    flags_first = run("submit", "evaluate", "--task", "text-classification", "model=sentiment", "--priority", "3",
+                      f"dataset_id={labelled['id']}", "--json")  # key=value pairs before, between and after flags
+    assert flags_first.code == 0, flags_first.err
+    assert (flags_first.json()["params"]["model"], flags_first.json()["priority"]) == ("sentiment", 3)
 
 
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
@@ -70,6 +75,15 @@ def test_jobs_submit_from_a_job_file_with_overrides(run, labelled, database, tmp
     job = run("jobs", "submit", "-f", path, "text_column=review", "--priority", "9", "--json").json()
     assert job["kind"] == "batch_inference" and job["priority"] == 9
     assert job["params"]["text_column"] == "review" and job["params"]["model"] == "sentiment"
+
+
+@pytest.mark.parametrize("argv", [("submit", "evaluate", "model=x", "--bogus"),
+                                  ("submit", "evaluate", "--task", "x", "stray"),
+                                  ("jobs", "list", "--status", "queued", "model=x")])
+def test_an_unknown_flag_or_a_stray_word_is_refused_by_the_parser(capsys, argv):
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == 2 and f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
 
 
 def test_a_bad_job_file_is_one_line(run, tmp_path):
