@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.tiny_models import build_tiny_gpt2, build_tiny_seq2seq, build_tiny_tagger_base
+from tests.helpers import topic_rows
+from tests.tiny_models import (
+    build_tiny_classifier,
+    build_tiny_gpt2,
+    build_tiny_reader_base,
+    build_tiny_seq2seq,
+    build_tiny_tagger_base,
+)
 from tests.worker.ml.hooks import InterruptAfter
 from tests.worker.ml.test_text_classification import make_params, run_finetune
 from tests.worker.ml.test_training_control import _rows
@@ -17,7 +24,7 @@ from worker.ml import adapters
 from worker.ml.hooks import NullHooks
 from worker.ml.loading import load_model
 from worker.ml.tasks import get_task
-from worker.params import FinetuneParams, GenerationFinetuneParams, LoraOptions
+from worker.params import FinetuneParams, LoraOptions
 
 ARCHITECTURES = {  # builder, model class, default targets, head modules, a label count for a new head
     "bert-classifier": (None, "AutoModelForSequenceClassification", ["query", "value"], ["classifier"], 3),
@@ -165,29 +172,37 @@ def test_a_killed_lora_fine_tune_resumes_from_its_adapter_checkpoint(tiny_classi
 
 
 TASKS = {
+    "multi-label-classification": (build_tiny_classifier, {"text": "text", "label": "labels"}),
     "token-classification": (build_tiny_tagger_base, {"tokens": "tokens", "tags": "tags"}),
+    "question-answering": (build_tiny_reader_base, {"question": "question", "context": "context",
+                                                    "answers": "answers"}),
     "translation": (lambda path: build_tiny_seq2seq(path, "t5"), {"source": "source", "target": "target"}),
     "summarization": (lambda path: build_tiny_seq2seq(path, "bart"), {"document": "source", "summary": "target"}),
     "text-generation": (build_tiny_gpt2, {"text": "text"}),
 }
 
 
+HEADS = {"multi-label-classification": ["classifier"], "token-classification": ["classifier"],
+         "question-answering": ["qa_outputs"]}
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_trains_and_evaluates_a_lora_adapter(task, tmp_path):
     build, columns = TASKS[task]
     base = build(tmp_path / "base")
-    rows = _rows("translation" if task == "summarization" else task, 32, seed=3)
+    rows = topic_rows(32, seed=3) if task == "multi-label-classification" else \
+        _rows("translation" if task == "summarization" else task, 32, seed=3)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     module = get_task(task)
-    params_class = GenerationFinetuneParams if module.PARAMS["finetune"] is GenerationFinetuneParams else FinetuneParams
-    params = params_class(base_model=str(base), train_dataset_id=1, max_steps=4, batch_size=8, max_length=32,
+    params = module.PARAMS["finetune"](base_model=str(base), train_dataset_id=1, max_steps=4, batch_size=8, max_length=32,
                           learning_rate=1e-3, save_steps=100, validation_fraction=0.25, lora={"r": 4})
     result = module.finetune(params, base_model=str(base), train_path=data, validation_path=None, columns=columns,
                              output_dir=tmp_path / "model", checkpoint_dir=tmp_path / "checkpoints",
                              hooks=NullHooks())
     lora = result["train"]["lora"]
     assert 0 < lora["trainable_share"] < 0.2
+    assert lora["head_modules"] == HEADS.get(task, []), lora  # a task's own output layer trains with the adapters
     model_dir = tmp_path / "model"
     assert (model_dir / "adapter_config.json").is_file() and not (model_dir / "model.safetensors").exists()
     record = adapters.write_record(model_dir, base_model="base:1", base_path=str(base), stats=lora)
