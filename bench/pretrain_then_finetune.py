@@ -3,7 +3,9 @@
 Continues MiniLM's pre-training (masked-LM, a pretrain job) on the unlabelled text of one dataset (AG News
 descriptions or SST-2 sentences, their labels dropped), then fine-tunes it and the plain MiniLM on the
 same small labelled sample with the same settings and seeds, both evaluated on the same other rows. The
-evaluation rows are never in the unlabelled text. Everything runs as jobs over HTTP on one stack, in one
+evaluation rows are never in the unlabelled text. With --control, a third base is pre-trained the same way
+on as much text (in characters) of the other dataset: what it gains is what pre-training gives without the
+domain. Everything runs as jobs over HTTP on one stack, in one
 run on this machine. Prints each fine-tune's accuracy and macro F1 (mean over seeds, and each seed), the
 pretrain job's perplexity and cost, and the fine-tunes' costs.
 
@@ -11,7 +13,7 @@ all-MiniLM-L6-v2 ships without a masked-LM head: the pretrain job starts one fro
 its first steps mostly train the head.
 
     flock /work/bench.lock python bench/pretrain_then_finetune.py [--dataset ag_news|sst2] [--scale 1.0]
-        [--labelled 200] [--seeds 2] [--pretrain-steps 120] [--unlabelled 2000] [--evaluation 500]
+        [--labelled 200] [--seeds 2] [--pretrain-steps 120] [--unlabelled 2000] [--evaluation 500] [--control]
 """
 
 from __future__ import annotations
@@ -57,11 +59,11 @@ def _split(rows, labelled: int, evaluation: int, unlabelled: int):
     return train, held_out, texts
 
 
-def pretrain(client, text_file: Path, steps: int) -> dict:
+def pretrain(client, text_file: Path, steps: int, name: str = "domain-lm") -> dict:
     data = client.upload_dataset(text_file)
     start = time.perf_counter()
     job = client.submit("pretrain", {"base_model": "all-MiniLM-L6-v2", "train_dataset_id": data["id"],
-                                     "max_steps": steps, "model_name": "domain-lm", **PRETRAIN})
+                                     "max_steps": steps, "model_name": name, **PRETRAIN})
     job = client.wait(job["id"], timeout=7200, poll=1.0)
     wall = time.perf_counter() - start
     assert job["status"] == "succeeded", job["error"]
@@ -92,27 +94,50 @@ def main() -> None:
     parser.add_argument("--unlabelled", type=int, default=2000, help="documents of unlabelled text pre-trained on")
     parser.add_argument("--pretrain-steps", type=int, default=120)
     parser.add_argument("--seeds", type=int, default=2, help="fine-tunes of each base (seeds 1, 2, ...)")
+    parser.add_argument("--control", action="store_true",
+                        help="also pre-train on the other dataset's text (same documents and steps) and fine-tune it")
     args = parser.parse_args()
     scaled = lambda n: max(1, round(n * args.scale))  # noqa: E731
     unlabelled, steps, evaluation = scaled(args.unlabelled), scaled(args.pretrain_steps), scaled(args.evaluation)
     minilm_path()  # exit early, with the reason, where the model package is missing
     split = ag_news if args.dataset == "ag_news" else sst2
     train, held_out, texts = split(args.labelled, evaluation, unlabelled, seed=7)
+    other = sst2 if args.dataset == "ag_news" else ag_news
+    control_texts = same_length(other(0, 0, 7000, seed=7)[2], texts) if args.control else None
 
     with tempfile.TemporaryDirectory() as folder, running_stack() as (client, _settings):
         folder = Path(folder)
-        text_file = folder / "unlabelled.txt"
-        # One document a line: no blank line, which would make the file's documents paragraphs.
-        text_file.write_text("".join(" ".join(text.split()) + "\n" for text in texts if text.split()))
         train_id = client.upload_dataset(write_csv(folder / "train.csv", train), label_column="label")["id"]
         evaluation_id = client.upload_dataset(write_csv(folder / "eval.csv", held_out), label_column="label")["id"]
-        lm = pretrain(client, text_file, steps)
+        lm = pretrain(client, text_file(folder / "unlabelled.txt", texts), steps)
+        bases = ["all-MiniLM-L6-v2", lm["result"]["model"]]
+        control = None
+        if control_texts is not None:
+            control = pretrain(client, text_file(folder / "control.txt", control_texts), steps, name="other-lm")
+            bases.append(control["result"]["model"])
         runs = {base: [finetune(client, base, train_id, evaluation_id, seed) for seed in range(1, args.seeds + 1)]
-                for base in ("all-MiniLM-L6-v2", lm["result"]["model"])}
-    report(args, lm, runs, unlabelled, steps, evaluation)
+                for base in bases}
+    report(args, lm, runs, unlabelled, steps, evaluation, control)
 
 
-def report(args, lm: dict, runs: dict, unlabelled: int, steps: int, evaluation: int) -> None:
+def same_length(candidates: list[str], texts: list[str]) -> list[str]:
+    """Return the first candidates that hold as many characters as `texts`: as much text to pre-train on."""
+    chosen, target = [], sum(len(text) for text in texts)
+    for text in candidates:
+        if target <= 0:
+            break
+        chosen.append(text)
+        target -= len(text)
+    return chosen
+
+
+def text_file(path: Path, texts: list[str]) -> Path:
+    """Write one document a line: no blank line, which would make the file's documents paragraphs."""
+    path.write_text("".join(" ".join(text.split()) + "\n" for text in texts if text.split()))
+    return path
+
+
+def report(args, lm: dict, runs: dict, unlabelled: int, steps: int, evaluation: int, control: dict | None) -> None:
     train = lm["result"]["train"]
     print(f"$ {command_line()}")
     print(f"{args.dataset}: MiniLM (all-MiniLM-L6-v2), {os.cpu_count()} CPUs; fine-tunes on {args.labelled} labelled "
@@ -125,17 +150,26 @@ def report(args, lm: dict, runs: dict, unlabelled: int, steps: int, evaluation: 
           f"documents); training loss {losses[0]:.2f} (first {PRETRAIN['logging_steps']} steps) -> {losses[-1]:.2f} "
           f"(last {PRETRAIN['logging_steps']})" if losses else "")
     print(f"  cost: {lm['wall_s']:.0f} s from submit to succeeded ({train['train_runtime_s']:.0f} s training)")
+    if control is not None:
+        other = "sst2" if args.dataset == "ag_news" else "ag_news"
+        print(f"control pretrain job: the same on {control['documents']} documents of {other} text (as many characters): "
+              f"held-out perplexity (on "
+              f"{other}) {control['result']['metrics']['perplexity']:.1f}, {control['wall_s']:.0f} s")
     print(f"{'fine-tuned from':<22} {'accuracy':>9} {'f1_macro':>9} {'train s':>8} {'wall s':>7}   per seed (accuracy)")
     for base, results in runs.items():
         mean = {key: statistics.mean(r[key] for r in results) for key in results[0]}
         seeds = " ".join(f"{r['accuracy']:.3f}" for r in results)
-        name = "plain MiniLM" if base == "all-MiniLM-L6-v2" else f"pretrained ({base})"
+        name = ("plain MiniLM" if base == "all-MiniLM-L6-v2" else
+                f"control ({base})" if control and base == control["result"]["model"] else f"pretrained ({base})")
         print(f"{name:<22} {mean['accuracy']:>9.3f} {mean['f1_macro']:>9.3f} {mean['train_s']:>8.0f} "
               f"{mean['wall_s']:>7.0f}   {seeds}")
-    plain, adapted = (statistics.mean(r["accuracy"] for r in results) for results in runs.values())
+    plain, adapted, *controlled = (statistics.mean(r["accuracy"] for r in results) for results in runs.values())
     one_finetune = statistics.mean(r["wall_s"] for results in runs.values() for r in results)
     print(f"accuracy change from pre-training: {adapted - plain:+.3f}; pre-training cost "
           f"{lm['wall_s'] / one_finetune:.1f}x one fine-tune's wall time")
+    if controlled:
+        print(f"accuracy change from pre-training on the other dataset's text: {controlled[0] - plain:+.3f}; "
+              f"the domain's own text over it: {adapted - controlled[0]:+.3f}")
 
 
 if __name__ == "__main__":
