@@ -7,7 +7,7 @@ COPY api api
 COPY worker worker
 COPY db db
 COPY nightshift nightshift
-RUN pip install --no-cache-dir '.[worker]'
+RUN pip install --no-cache-dir '.[worker,flower]'
 VOLUME /data
 EXPOSE 8080
 CMD ["nightshift", "api"]

@@ -33,7 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app; `config` overrides settings (lower-case keys) and Flask config (upper-case)."""
     from flask_wtf.csrf import CSRFProtect
 
-    from api import auth, dashboard, datasets, errors, health, jobs, models, pipelines
+    from api import auth, dashboard, datasets, errors, health, jobs, metrics, models, pipelines
     from db.session import make_engine, make_session_factory
     from worker.celery_app import make_celery
 
@@ -62,6 +62,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
         csrf.exempt(module.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(metrics.bp)  # /metrics, where Prometheus looks by default
+    csrf.exempt(metrics.bp)
     auth.register(app)
     app.teardown_appcontext(_close_session)
     return app

@@ -26,6 +26,9 @@ def test_compose_has_every_required_service():
     assert gpu["command"][-4:] == ["--queues", "gpu", "--name", "gpu"]
     assert gpu["environment"]["NIGHTSHIFT_WORKER_CONCURRENCY"] == "1"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    flower = services["flower"]
+    assert flower["command"][:4] == ["celery", "--app", "worker.celery_app", "flower"]
+    assert gpu["environment"]["NIGHTSHIFT_TASK_EVENTS"] == "true"  # the workers tell Flower about tasks
 
 
 def test_compose_uses_only_known_settings_and_cli_commands():

@@ -40,7 +40,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=False,
+        # Flower's task view; the job rows, not these events, are the record (RELIABILITY.md).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         timezone="UTC",
     )
     app.conf.nightshift_settings = settings

@@ -51,6 +51,8 @@ class Settings:
     unacked_restore_seconds: int = field(default=0, metadata={"help": "How often workers re-queue unacknowledged messages past the visibility timeout (0: the transport's default)."})
     preload_ml: bool = field(default=True, metadata={"help": "Workers import torch, transformers and the task modules once, before forking job processes, so no job pays their import time."})
     worker_concurrency: int = field(default=1, metadata={"help": "Processes per worker; pool process i gets GPU i of the visible ones (set one per GPU)."})
+    task_events: bool = field(default=False, metadata={"help": "Workers send Celery task events (for Flower's live task view; Flower also turns them on when it starts)."})
+    metrics_token: str = field(default="", metadata={"help": "If set, GET /metrics requires `Authorization: Bearer <this>` (Prometheus' `authorization` setting); default: open, like /api/v1/healthz."})
     secret_key: str = field(default="", metadata={"help": "Signs the dashboard's session cookies; default: a random key kept in data_dir/secret_key (set the same value on every API host)."})
     token: str = field(default="", metadata={"help": "Bearer token the CLI sends."})
     api_url: str = field(default="", metadata={"help": "API base URL the CLI calls; default from host and port."})
