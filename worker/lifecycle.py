@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.enums import JobStatus
 from db.models import Job
 from db.services.jobs import add_event
-from db.services.leases import Lease, claim_job, fenced_update, finish_job, release_job, renew_lease
+from db.services.leases import Lease, claim_next, fenced_update, finish_job, release_job, renew_lease
 from worker import state
 from worker.config import Settings
 from worker.errors import JobInterrupted, PermanentJobError, TransientJobError
@@ -158,19 +158,27 @@ class JobContext:
 
 def run_job(
     job_id: int,
-    runner: Callable[[JobContext], Finalize],
+    runner: Callable[[JobContext], Finalize] | Mapping[str, Callable[[JobContext], Finalize]],
     *,
     session_factory: sessionmaker[Session],
     settings: Settings,
 ) -> str:
-    """Claim job `job_id`, run it, and record exactly one outcome; return that outcome."""
+    """Claim the job the wake-up message for job `job_id` should start (`claim_next`: the first in line on
+    its queue, maybe another), run it with `runner` (or `runner[kind]`), and record exactly one outcome;
+    return that outcome."""
     with session_factory() as session, session.begin():
-        lease = claim_job(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds,
-                          max_interruptions=settings.max_interruptions)
-        job = session.get(Job, job_id) if lease else None
+        lease = claim_next(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds,
+                           max_interruptions=settings.max_interruptions)
+        job = session.get(Job, lease.job_id) if lease else None
     if lease is None:
-        log.info("job %s: not claimable (duplicate delivery, finished or cancelled); dropped", job_id)
+        log.info("job %s: nothing to claim on its queue (duplicate delivery, finished or cancelled); dropped",
+                 job_id)
         return "dropped"
+    if lease.job_id != job_id:
+        log.info("message of job %s starts job %s, first in line on queue %s", job_id, lease.job_id, job.queue)
+    job_id = lease.job_id
+    if isinstance(runner, Mapping):
+        runner = runner[job.kind]
     context = JobContext(session_factory, settings, lease, job)
     context.start()
     try:

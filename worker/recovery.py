@@ -14,6 +14,7 @@ import logging
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import NullPool
@@ -42,7 +43,8 @@ class JobRequest(Request):
 
 
 def hand_back_after_process_death(job_id: int, pid: int, detail: str) -> str | None:
-    """Requeue (or, past max_attempts, fail) job `job_id` if process `pid` still held its lease."""
+    """Requeue (or, past max_attempts, fail) the job process `pid` still held the lease of, started by the
+    message of job `job_id`."""
     from worker.celery_app import app
     from worker.outbox import relay_outbox
 
@@ -53,9 +55,13 @@ def hand_back_after_process_death(job_id: int, pid: int, detail: str) -> str | N
     factory = sessionmaker(engine, expire_on_commit=False)
     try:
         with factory() as session, session.begin():
-            job = session.get(Job, job_id)
-            if job is None or job.status != JobStatus.RUNNING or job.lease_owner != worker_identity(pid):
+            # The message of `job_id` may have started another job, first in line (`claim_next`): the job
+            # to hand back is the one whose lease the dead process held.
+            job = session.scalar(select(Job).where(Job.status == JobStatus.RUNNING,
+                                                   Job.lease_owner == worker_identity(pid)).limit(1))
+            if job is None:
                 return None  # it finished, or another attempt already owns it
+            job_id = job.id
             outcome = end_lost_attempt(
                 session, job, LostAttempt.PROCESS_DIED,
                 delay_seconds=rerun_delay_seconds(settings, job.attempts),

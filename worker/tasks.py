@@ -16,9 +16,10 @@ class JobTask(Task):
 
 
 def _run(job_id: int, kind: str) -> str:
+    """Run the job first in line on `job_id`'s queue, whatever its kind (`worker.lifecycle.run_job`)."""
     from worker.jobs import RUNNERS
 
-    return run_job(job_id, RUNNERS[kind], session_factory=state.session_factory(), settings=state.settings())
+    return run_job(job_id, RUNNERS, session_factory=state.session_factory(), settings=state.settings())
 
 
 @app.task(name="jobs.finetune", base=JobTask)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -60,6 +60,57 @@ def claim_job(
         data={"status": "running", "attempt": attempt}, epoch=epoch,
     )
     return Lease(job_id=job_id, epoch=epoch, owner=owner, attempt=attempt)
+
+
+CLAIM_TRIES = 3
+
+
+def claim_next(
+    session: Session, job_id: int, *, owner: str, lease_seconds: float, max_interruptions: int
+) -> Lease | None:
+    """Take the job a wake-up message for job `job_id` should start: the first queued job of its queue and
+    kind in SQL order, else `job_id` itself (queued, or running under a lease that expired); None if none.
+
+    The order lives in the rows, not in Redis (RELIABILITY.md, "Where the order lives"): higher
+    `priority` first; at equal priority the tenant with fewer jobs running, so one tenant's hundreds of
+    queued jobs do not hold back another's one; then the oldest. A message only says "a job of this kind
+    on this queue is due": its own job runs when a later message, or this one, finds it first in line.
+    Jobs of one kind share a Celery task and so its time limits; between kinds, Redis' priority lists order
+    the messages.
+    """
+    row = session.execute(select(Job.queue, Job.kind).where(Job.id == job_id)).first()
+    if row is None:
+        return None
+    tried: list[int] = []
+    for _ in range(CLAIM_TRIES):  # a job another worker took meanwhile: the next one in line
+        candidate = session.scalar(_next_in_line(session, *row, skip=tried))
+        if candidate is None or candidate == job_id:
+            break
+        lease = claim_job(session, candidate, owner=owner, lease_seconds=lease_seconds,
+                          max_interruptions=max_interruptions)
+        if lease is not None:
+            return lease
+        tried.append(candidate)
+    return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds, max_interruptions=max_interruptions)
+
+
+def _next_in_line(session: Session, queue: str, kind: str, *, skip: list[int]):
+    """The query of the queued `kind` job of `queue` to start next (locked, skipping locked ones, on PostgreSQL)."""
+    now = utcnow()
+    running = (select(Job.tenant_id, func.count().label("running")).where(Job.status == JobStatus.RUNNING)
+               .group_by(Job.tenant_id).subquery())
+    query = (
+        select(Job.id)
+        .outerjoin(running, running.c.tenant_id == Job.tenant_id)
+        .where(Job.status == JobStatus.QUEUED, Job.queue == queue, Job.kind == kind, Job.cancel_requested.is_(False),
+               Job.attempts < Job.max_attempts, or_(Job.not_before.is_(None), Job.not_before <= now))
+        .where(Job.id.not_in(skip))
+        .order_by(Job.priority.desc(), func.coalesce(running.c.running, 0), Job.id)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Job, skip_locked=True)
+    return query
 
 
 def _claim(session: Session, job_id: int, claimable, owner: str, now, lease_seconds: float, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 from sqlalchemy import select
@@ -50,6 +51,23 @@ def test_finetune_registers_a_model_with_its_evaluation(trained):
     # auto measures on this CPU: fp32 unless a bf16 training step runs clearly faster
     chosen = [m.split(": ")[2].split(" ")[0] for m in logs if m.startswith("training precision: auto on CPU: ")]
     assert chosen and chosen[0] in ("fp32", "bf16"), logs
+
+
+def test_metrics_over_http_count_the_finished_fine_tune_and_the_live_worker(trained, system):
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _client, settings, _stack = system
+    response = requests.get(f"{settings.base_url}/metrics", timeout=30)  # through gunicorn, as Prometheus scrapes
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain; version=")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.text) for s in family.samples}
+    finished = (("kind", "finetune"), ("status", "succeeded"))
+    assert samples[("nightshift_job_run_seconds_count", finished)] >= 1
+    assert samples[("nightshift_job_throughput_count", (("kind", "finetune"), ("unit", "samples")))] >= 1
+    workers = {labels: up for (name, labels), up in samples.items() if name == "nightshift_worker_up"}
+    assert workers and all(up == 1 for up in workers.values()), workers
+    assert samples[("nightshift_broker_up", ())] == 1
 
 
 def test_evaluate_job_scores_a_registered_model(trained, tmp_path):
@@ -152,3 +170,25 @@ def test_int8_is_refused_for_training(trained):
     with pytest.raises(ApiError) as refused:
         client.submit("finetune", {"base_model": "tiny-sentiment", "train_dataset_id": train["id"], "precision": "int8"})
     assert refused.value.status == 422 and "precision" in str(refused.value.body)
+
+
+def test_queued_jobs_start_highest_priority_first_then_oldest(trained, system, tiny_model):
+    """Fill the queue behind a busy worker, then free it: the jobs start in priority order, whatever
+    order their messages come in."""
+    client, _job, train = trained
+    blocker = client.submit("finetune", {
+        "base_model": str(tiny_model), "train_dataset_id": train["id"], "max_steps": 100_000, "batch_size": 4,
+        "logging_steps": 50, "save_steps": 100_000, "max_length": 32,
+    })
+    wait_until(lambda: client.job(blocker["id"])["status"] == "running", timeout=120,
+               message="the blocker holds the only worker")
+    priorities = [1, 9, 5, 1, 9]
+    jobs = [client.submit("evaluate", {"model": "tiny-sentiment", "dataset_id": train["id"]}, priority=p)
+            for p in priorities]
+    client.cancel(blocker["id"])
+    ended = [client.wait(job["id"], timeout=300) for job in jobs]
+    assert all(job["status"] == "succeeded" for job in ended), [job["error"] for job in ended]
+
+    started = [job["id"] for job in sorted(ended, key=lambda job: datetime.fromisoformat(job["started_at"]))]
+    expected = [job["id"] for job in sorted(jobs, key=lambda job: (-job["priority"], job["id"]))]
+    assert started == expected, (started, expected)
