@@ -20,7 +20,7 @@ from db.enums import JobStatus
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
-from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, request_cancel
+from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
 from db.services.pipelines import STEP_REFERENCE
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
@@ -47,7 +47,7 @@ def submit():
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise InvalidInput(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters", code="bad_idempotency_key")
     job, created = create_submission(submission, key)
-    return jsonify(job_out(job)), 202 if created else 200
+    return jsonify(job_out(job, queue_position=queue_position(db_session(), job))), 202 if created else 200
 
 
 def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
@@ -417,7 +417,9 @@ def list_all():
 @bp.get("/jobs/<int:job_id>")
 @spec("Get a job with its progress", response=JobOut)
 def get_one(job_id: int):
-    return jsonify(job_out(get_job(db_session(), tenant_id(), job_id)))
+    session = db_session()
+    job = get_job(session, tenant_id(), job_id)
+    return jsonify(job_out(job, queue_position=queue_position(session, job)))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")

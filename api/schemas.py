@@ -162,6 +162,10 @@ class JobOut(_Out):
     pipeline_id: int | None = Field(description="The pipeline this job is a step of.")
     pipeline_step: str | None = Field(description="Its step's name in that pipeline.")
     depends_on_id: int | None = Field(description="The job this step waits for (status waiting until it succeeds).")
+    queue_position: int | None = Field(
+        default=None, description="GET /jobs/{id} of a queued job: 1 if it is the next of its kind to start on its "
+                                  "queue, 2 after that one, ... (by priority, then age; at equal priority a tenant with "
+                                  "fewer jobs running may go first). Null otherwise.")
 
 
 class JobList(BaseModel):
@@ -247,15 +251,15 @@ class Health(BaseModel):
     redis: str
 
 
-def job_out(job) -> dict[str, Any]:
-    """Serialise a Job row."""
+def job_out(job, *, queue_position: int | None = None) -> dict[str, Any]:
+    """Serialise a Job row (with its place in its queue, where the caller counted it)."""
     progress = Progress(
         fraction=job.progress_fraction, stage=job.progress_stage, done=job.progress_done,
         total=job.progress_total, eta_seconds=job.eta_seconds,
     )
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     data = {c: getattr(job, c) for c in JobOut.model_fields if hasattr(job, c) and c not in ("progress", "error")}
-    return JobOut(progress=progress, error=error, **data).model_dump(mode="json")
+    return JobOut(progress=progress, error=error, queue_position=queue_position, **data).model_dump(mode="json")
 
 
 # -- pipelines ---------------------------------------------------------------------------------

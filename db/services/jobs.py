@@ -170,12 +170,13 @@ def list_jobs(
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """Return 1 for the queued job that a worker of its queue takes next, 2 for the one after, ...
-    (higher priority first, then oldest first, across tenants); None unless the job is queued."""
+    """Return 1 for the queued job of its kind that a worker of its queue takes next, 2 for the one after, ...
+    (higher priority first, then oldest first, across tenants; `db.services.leases.claim_next` may move a
+    tenant with fewer jobs running ahead at equal priority); None unless the job is queued."""
     if job.status != JobStatus.QUEUED:
         return None
     ahead = session.scalar(select(func.count()).select_from(Job).where(
-        Job.queue == job.queue, Job.status == JobStatus.QUEUED,
+        Job.queue == job.queue, Job.kind == job.kind, Job.status == JobStatus.QUEUED,
         or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id))))
     return ahead + 1
 

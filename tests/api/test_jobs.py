@@ -31,6 +31,19 @@ def test_submit_queues_the_job_and_sends_its_message(client, auth, labelled, tin
     assert client.get(f"{API}/jobs/{job['id']}", headers=auth).get_json() == job
 
 
+def test_a_queued_job_shows_its_place_in_its_queue_by_priority_then_age(client, auth, labelled, tiny_model):
+    jobs = [submit(client, auth, {**evaluate_body(labelled["id"], tiny_model), "priority": p}) for p in (5, 9, 5, 1)]
+    other_kind = submit(client, auth, finetune_body(labelled["id"], tiny_model))
+
+    places = [client.get(f"{API}/jobs/{job['id']}", headers=auth).get_json()["queue_position"] for job in jobs]
+
+    assert places == [2, 1, 3, 4] and [job["queue_position"] for job in jobs] == [1, 1, 3, 4]  # as submitted
+    assert other_kind["queue_position"] == 1  # each kind is its own line (its own Celery task)
+    client.post(f"{API}/jobs/{jobs[1]['id']}/cancel", headers=auth)
+    assert client.get(f"{API}/jobs/{jobs[3]['id']}", headers=auth).get_json()["queue_position"] == 3
+    assert client.get(f"{API}/jobs/{jobs[1]['id']}", headers=auth).get_json()["queue_position"] is None
+
+
 def test_submit_fills_in_default_hyperparameters(client, auth, labelled, tiny_model):
     job = submit(client, auth, finetune_body(labelled["id"], tiny_model, epochs=2, learning_rate=1e-4))
 
