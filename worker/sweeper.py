@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 
 import redis
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.base import utcnow
@@ -69,7 +69,12 @@ def _queues(settings: Settings) -> set[str]:
 
 
 def _redispatch_lost(session: Session, settings: Settings, pending: set[int]) -> int:
-    """Re-send the message of queued jobs whose message the broker no longer holds (Redis wiped)."""
+    """Re-send messages the broker lost (Redis wiped): as many as its queues and kinds lack.
+
+    A message starts the first job in line of its queue and kind (`claim_next`), not always its own, so a
+    queued job without a message of its own is normal; messages are lost only where a queue and kind holds
+    fewer messages than queued jobs. Those jobs, oldest first, get a new one.
+    """
     cutoff = utcnow() - timedelta(seconds=settings.redispatch_after_seconds)
     unsent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
     recent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at > cutoff)
@@ -81,6 +86,20 @@ def _redispatch_lost(session: Session, settings: Settings, pending: set[int]) ->
         .limit(500)
     )
     jobs = [job for job in session.scalars(query) if job.id not in pending]
+    if not jobs:
+        return 0
+    waiting = Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False)
+    queued = {(queue, kind): count for queue, kind, count in session.execute(
+        select(Job.queue, Job.kind, func.count()).where(*waiting).group_by(Job.queue, Job.kind))}
+    held = {(queue, kind): count for queue, kind, count in session.execute(
+        select(Job.queue, Job.kind, func.count()).where(Job.id.in_(pending)).group_by(Job.queue, Job.kind))}
+    short = {group: queued[group] - held.get(group, 0) for group in queued}
+    lost = []
+    for job in jobs:
+        if short.get((job.queue, job.kind), 0) > 0:
+            short[(job.queue, job.kind)] -= 1
+            lost.append(job)
+    jobs = lost
     for job in jobs:
         enqueue(session, job)
         add_event(session, job.id, "rescue", "the broker lost this job's message; message re-sent",

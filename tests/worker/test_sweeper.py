@@ -8,7 +8,7 @@ import redis
 from sqlalchemy import select, update
 
 from db.base import utcnow
-from db.models import JobEvent, OutboxMessage
+from db.models import Job, JobEvent, OutboxMessage
 from db.services.jobs import create_job
 from db.services.tenants import get_or_create_tenant
 from worker.broker import pending_job_ids
@@ -69,4 +69,29 @@ def test_a_message_stranded_in_a_dead_consumers_unacked_set_is_resent(session_fa
     client.zadd("unacked_index", {client.zrange("unacked_index", 0, 0)[0]: client.time()[0] - 60})
     age_outbox(session_factory, 60)
     assert sweep(session_factory, settings)["redispatched"] == 1
+    client.flushall()
+
+
+def test_a_queued_job_whose_message_started_another_job_is_not_resent(session_factory, redis_url):
+    """A message starts the first job in line (claim_next), not always its own: a queued job without a
+    message of its own is normal while its queue holds as many messages as queued jobs."""
+    settings = Settings(redis_url=redis_url, redispatch_after_seconds=5, queue_evaluate="sweeper-test")
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    celery = make_celery(settings)
+    first, second, started = submit(session_factory, 3)
+    relay_outbox(session_factory, celery)
+    client.flushall()
+    for job_id in (started, second):  # first's message was the one that started `started`
+        celery.send_task("jobs.evaluate", args=[job_id], queue="sweeper-test", priority=4)
+    with session_factory() as session, session.begin():
+        session.execute(update(Job).where(Job.id == started).values(status="running"))
+    age_outbox(session_factory, 60)
+
+    assert sweep(session_factory, settings)["redispatched"] == 0  # two messages, two queued jobs
+    client.flushall()  # now one message for two queued jobs: the oldest without a message gets one
+    celery.send_task("jobs.evaluate", args=[second], queue="sweeper-test", priority=4)
+    assert sweep(session_factory, settings)["redispatched"] == 1
+    with session_factory() as session:
+        assert session.scalars(select(JobEvent.job_id).where(JobEvent.type == "rescue")).all() == [first]
     client.flushall()
