@@ -6,7 +6,7 @@ learning rate, then LoRA adapters (r=8 on query/value, the classifier head train
 learning rate. Both are scored on the same held-out rows; the LoRA adapter is scored a second time
 through the evaluate job's loader (base + adapter, merged in memory) to show it gives the same figures.
 
-    python bench/lora_vs_full.py [--train 2000] [--eval 500] [--rank 8]
+    python bench/lora_vs_full.py [--train 2000] [--eval 500] [--rank 8] [--epochs 1] [--lora-learning-rate 5e-4]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _common import command_line, minilm_path, sst2_rows
 
-SETTINGS = dict(epochs=1.0, batch_size=16, max_length=64, seed=42, save_steps=10_000)
+SETTINGS = dict(batch_size=16, max_length=64, seed=42, save_steps=10_000)
 FULL_LR, LORA_LR = 5e-5, 5e-4  # the usual rates of each: adapters start at zero and need larger steps
 
 
@@ -58,25 +58,30 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--eval", type=int, default=500)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--epochs", type=float, default=1.0, help="of both fine-tunes")
+    parser.add_argument("--full-learning-rate", type=float, default=FULL_LR)
+    parser.add_argument("--lora-learning-rate", type=float, default=LORA_LR)
     args = parser.parse_args()
+    settings = SETTINGS | {"epochs": args.epochs}
     rows = sst2_rows(args.train + args.eval)
     base = minilm_path()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         train = write_jsonl(tmp / "train.jsonl", rows[: args.train])
         validation = write_jsonl(tmp / "validation.jsonl", rows[args.train:])
-        full = run("full", FinetuneParams(base_model=base, train_dataset_id=1, learning_rate=FULL_LR, **SETTINGS),
+        full = run("full", FinetuneParams(base_model=base, train_dataset_id=1, learning_rate=args.full_learning_rate,
+                                          **settings),
                    train, validation, tmp)
-        lora = run("lora", FinetuneParams(base_model=base, train_dataset_id=1, learning_rate=LORA_LR,
-                                          lora={"r": args.rank, "alpha": 2 * args.rank}, **SETTINGS),
+        lora = run("lora", FinetuneParams(base_model=base, train_dataset_id=1, learning_rate=args.lora_learning_rate,
+                                          lora={"r": args.rank, "alpha": 2 * args.rank}, **settings),
                    train, validation, tmp)
         adapters.write_record(lora["model_dir"], base_model="all-MiniLM-L6-v2", base_path=base, stats=lora["lora"])
         reloaded = text_classification.evaluate(
             str(lora["model_dir"]), data_path=validation, columns={"text": "text", "label": "label"},
             params=EvaluateParams(model="m", dataset_id=1, precision="fp32"), hooks=NullHooks())
     print(f"command: {command_line()}")
-    print(f"data: {args.train} SST-2 train rows, {args.eval} other rows held out; settings {SETTINGS}; "
-          f"learning rate full {FULL_LR:g}, LoRA {LORA_LR:g}")
+    print(f"data: {args.train} SST-2 train rows, {args.eval} other rows held out; settings {settings}; "
+          f"learning rate full {args.full_learning_rate:g}, LoRA {args.lora_learning_rate:g}")
     print(f"LoRA: r={lora['lora']['r']} alpha={lora['lora']['alpha']:g} on {','.join(lora['lora']['target_modules'])}"
           f" + head {','.join(lora['lora']['head_modules'])}: {lora['lora']['trainable_params']:,} of "
           f"{lora['lora']['total_params']:,} parameters trainable")
