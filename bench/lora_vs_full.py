@@ -1,6 +1,6 @@
 """LoRA vs full fine-tuning on the same data: quality, training speed, trainable share, artifact size.
 
-Fine-tunes all-MiniLM-L6-v2 on the same SST-2 rows for one epoch twice in one run, through the
+Fine-tunes all-MiniLM-L6-v2 on the same SST-2 rows for the same epochs twice in one run, through the
 text-classification task's own fine-tune (the code a worker runs): every weight at a full-fine-tune
 learning rate, then LoRA adapters (r=8 on query/value, the classifier head trained) at a LoRA
 learning rate. Both are scored on the same held-out rows; the LoRA adapter is scored a second time
