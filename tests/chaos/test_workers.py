@@ -88,7 +88,7 @@ def test_4_redelivery_after_the_visibility_timeout_is_dropped_at_claim(chaos, ti
     job = chaos.client.submit("finetune", finetune_params(tiny_model, train_dataset, max_steps=100_000,
                                                           save_steps=10**6))
     wait_until(lambda: chaos.job(job["id"]).status == "running", timeout=120, message="the job runs")
-    dropped = f"job {job['id']}: not claimable"
+    dropped = f"job {job['id']}: nothing to claim"
     wait_until(lambda: any(dropped in chaos.log(w) for w in ("w1", "w2")), timeout=180,
                message="the redelivered message is dropped at claim")
     assert chaos.job(job["id"]).status == "running"  # the first attempt was never disturbed
