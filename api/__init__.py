@@ -33,7 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app; `config` overrides settings (lower-case keys) and Flask config (upper-case)."""
     from flask_wtf.csrf import CSRFProtect
 
-    from api import auth, dashboard, datasets, errors, health, jobs, metrics, models, pipelines
+    from api import auth, dashboard, datasets, errors, health, jobs, metrics, models, pipelines, workers
     from db.session import make_engine, make_session_factory
     from worker.celery_app import make_celery
 
@@ -58,7 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     errors.register_error_handlers(app)
     csrf = CSRFProtect(app)  # the dashboard's forms; the JSON API authenticates by bearer token instead
-    for module in (datasets, jobs, pipelines, models, health):
+    for module in (datasets, jobs, pipelines, models, workers, health):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
         csrf.exempt(module.bp)
     app.register_blueprint(dashboard.bp)

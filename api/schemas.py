@@ -218,6 +218,24 @@ class ModelOut(_Out):
     created_at: UtcDatetime
 
 
+class WorkerOut(BaseModel):
+    """A Celery worker as its last heartbeat described it."""
+
+    name: str = Field(description="Celery's name of the worker, e.g. gpu@host.")
+    host: str
+    pid: int
+    queues: list[str] = Field(description="The queues it takes jobs from.")
+    device: dict[str, Any] = Field(description='{"kind": "cuda" | "cpu", "name", "memory_bytes", "cores"}.')
+    started_at: UtcDatetime
+    last_seen_at: UtcDatetime
+    alive: bool = Field(description="Its heartbeat is fresh (within three heartbeat periods).")
+    running_job_ids: list[int] = Field(description="Your jobs it runs now.")
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerOut]
+
+
 class ModelList(BaseModel):
     items: list[ModelOut]
 

@@ -284,6 +284,10 @@ class Client:
         return dest
 
     # -- models and evaluations --------------------------------------------------------------------
+    def workers(self) -> list[Body]:
+        """Return the workers (host, queues, device, last heartbeat, alive), live ones first."""
+        return self.request("GET", "/workers")["items"]
+
     def models(self) -> list[Body]:
         """Return every registered model version, newest first."""
         return self.request("GET", "/models")["items"]

@@ -86,6 +86,8 @@ def add_commands(sub) -> None:
     add_pipeline_commands(sub, common)
     _model_commands(sub.add_parser("models", help="list, show and compare registered models", parents=common))
     _evaluation_commands(sub.add_parser("evaluations", help="list and show evaluations", parents=common))
+    sub.add_parser("workers", help="list the workers: host, queues, device, heartbeat, running jobs",
+                   parents=common).set_defaults(func=cmd_workers)
     sub.add_parser("health", help="check the API's database and Redis", parents=common).set_defaults(func=cmd_health)
     sub.add_parser("openapi", help="print the API's OpenAPI document", parents=common).set_defaults(func=cmd_openapi)
     # The first commands, kept as short aliases.
@@ -395,6 +397,10 @@ def cmd_evaluations_list(args) -> int:
 
 def cmd_evaluations_show(args) -> int:
     return views.emit(args, connect(args).evaluation(args.evaluation_id), views.evaluation)
+
+
+def cmd_workers(args) -> int:
+    return views.emit(args, connect(args).workers(), views.workers)
 
 
 def cmd_health(args) -> int:

@@ -148,6 +148,19 @@ def models(items: list[dict]) -> None:
            for m in items])
 
 
+def workers(items: list[dict]) -> None:
+    table(["name", "host", "queues", "device", "alive", "last seen", "running"],
+          [(w["name"], w["host"], ",".join(w["queues"]), _device(w["device"]), "yes" if w["alive"] else "no",
+            w["last_seen_at"], " ".join(map(str, w["running_job_ids"])) or "-") for w in items])
+
+
+def _device(device: dict) -> str:
+    if device.get("kind") == "cuda":
+        memory = f", {device['memory_bytes'] / (1 << 30):.0f} GiB" if device.get("memory_bytes") else ""
+        return f"{device.get('name', 'GPU')}{memory}"
+    return f"CPU, {device['cores']} cores" if device.get("cores") else str(device.get("kind", "?"))
+
+
 def evaluations(items: list[dict]) -> None:
     table(["id", "model", "dataset", "job", "split", "metrics", "created"],
           [(e["id"], e["model_ref"], e["dataset_id"], e["job_id"], e["split"], _metrics_line(e["metrics"]),

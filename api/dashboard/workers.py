@@ -6,10 +6,9 @@ from flask import g, render_template
 
 from api import db_session, services
 from api.dashboard import bp
+from api.workers import STALE_HEARTBEATS
 from db.base import utcnow
 from db.services.workers import list_workers, queue_depths
-
-STALE_HEARTBEATS = 3  # a worker that missed this many heartbeats is shown as stale
 
 
 @bp.get("/workers")

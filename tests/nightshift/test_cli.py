@@ -239,6 +239,18 @@ def test_models_evaluations_and_compare(run, labelled, database):
                    f"model 'ghost' has no evaluation on dataset {labelled['id']}")
 
 
+def test_workers_table_and_json(run, database):
+    from db.services.workers import record_heartbeat
+
+    with database.factory.begin() as session:
+        record_heartbeat(session, "gpu@h1", "h1", 10, ["gpu"], {"kind": "cuda", "name": "NVIDIA H200",
+                                                                "memory_bytes": 141 << 30})
+    assert [w["name"] for w in run("workers", "--json").json()] == ["gpu@h1"]
+    lines = run("workers").out.splitlines()
+    assert lines[0].split() == ["NAME", "HOST", "QUEUES", "DEVICE", "ALIVE", "LAST", "SEEN", "RUNNING"]
+    assert lines[1].split()[:6] == ["gpu@h1", "h1", "gpu", "NVIDIA", "H200,", "141"]
+
+
 def test_health_and_openapi(run):
     assert run("health", "--json").json()["status"] == "ok"
     assert "database  ok" in run("health").out
