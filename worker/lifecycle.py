@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.enums import JobStatus
 from db.models import Job
 from db.services.jobs import add_event
-from db.services.leases import Lease, claim_next, fenced_update, finish_job, release_job, renew_lease
+from db.services.leases import (
+    Lease,
+    claim_next,
+    fenced_update,
+    finish_job,
+    release_job,
+    renew_lease,
+    wake_next_in_line,
+)
 from worker import state
 from worker.config import Settings
 from worker.errors import JobInterrupted, PermanentJobError, TransientJobError
@@ -168,7 +176,8 @@ def run_job(
     return that outcome."""
     with session_factory() as session, session.begin():
         lease = claim_next(session, job_id, owner=worker_identity(), lease_seconds=settings.lease_seconds,
-                           max_interruptions=settings.max_interruptions)
+                           max_interruptions=settings.max_interruptions,
+                           max_running_per_tenant=settings.max_running_per_tenant)
         job = session.get(Job, lease.job_id) if lease else None
     if lease is None:
         log.info("job %s: nothing to claim on its queue (duplicate delivery, finished or cancelled); dropped",
@@ -176,11 +185,29 @@ def run_job(
         return "dropped"
     if lease.job_id != job_id:
         log.info("message of job %s starts job %s, first in line on queue %s", job_id, lease.job_id, job.queue)
-    job_id = lease.job_id
     if isinstance(runner, Mapping):
         runner = runner[job.kind]
     context = JobContext(session_factory, settings, lease, job)
     context.start()
+    try:
+        return _run(context, runner)
+    finally:
+        if settings.max_running_per_tenant:
+            _wake_held_back(session_factory, job, settings.max_running_per_tenant)
+
+
+def _wake_held_back(session_factory: sessionmaker[Session], job: Job, cap: int) -> None:
+    """A job ended: the jobs a per-tenant cap held back on its queue may start (beat relays the message)."""
+    try:
+        with session_factory() as session, session.begin():
+            wake_next_in_line(session, job.queue, job.kind, cap=cap)
+    except OperationalError as exc:  # the sweeper finds the missing message later
+        log.warning("job %s ended; no wake-up for its queue (%s)", job.id, exc)
+
+
+def _run(context: JobContext, runner: Callable[[JobContext], Finalize]) -> str:
+    """Run the claimed job and record exactly one outcome."""
+    settings, job, job_id = context.settings, context.job, context.job.id
     try:
         finalize = runner(context)
         context.stop()

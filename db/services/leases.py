@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -30,15 +30,19 @@ class Lease:
 
 
 def claim_job(
-    session: Session, job_id: int, *, owner: str, lease_seconds: float, max_interruptions: int
+    session: Session, job_id: int, *, owner: str, lease_seconds: float, max_interruptions: int,
+    take_queued: bool = True,
 ) -> Lease | None:
-    """Atomically take a queued job, or a running one whose lease expired; None if not ours.
+    """Atomically take a queued job (unless not `take_queued`), or a running one whose lease expired; None if
+    not ours.
 
     Taking over an expired lease means the previous attempt's worker was lost: that attempt is
     counted as an interruption, not charged to the job (see `end_lost_attempt`).
     """
     now = utcnow()
-    row = _claim(session, job_id, status_guard(JobStatus.QUEUED, JobStatus.RUNNING), owner, now, lease_seconds)
+    row = None
+    if take_queued:
+        row = _claim(session, job_id, status_guard(JobStatus.QUEUED, JobStatus.RUNNING), owner, now, lease_seconds)
     if row is None:  # a redelivered message may find its job's previous attempt dead
         expired = and_(status_guard(JobStatus.RUNNING, JobStatus.RUNNING), Job.lease_expires_at < now,
                        Job.interruptions + 1 < max_interruptions)  # else the sweeper fails it
@@ -66,7 +70,8 @@ CLAIM_TRIES = 3
 
 
 def claim_next(
-    session: Session, job_id: int, *, owner: str, lease_seconds: float, max_interruptions: int
+    session: Session, job_id: int, *, owner: str, lease_seconds: float, max_interruptions: int,
+    max_running_per_tenant: int = 0,
 ) -> Lease | None:
     """Take the job a wake-up message for job `job_id` should start: the first queued job of its queue and
     kind in SQL order, else `job_id` itself (queued, or running under a lease that expired); None if none.
@@ -76,26 +81,43 @@ def claim_next(
     queued jobs do not hold back another's one; then the oldest. A message only says "a job of this kind
     on this queue is due": its own job runs when a later message, or this one, finds it first in line.
     Jobs of one kind share a Celery task and so its time limits; between kinds, Redis' priority lists order
-    the messages.
+    the messages. With `max_running_per_tenant`, a tenant running that many jobs gets no new one (taking
+    over its job after a lost lease is not a new one); its queued jobs wait for one of them to end.
     """
     row = session.execute(select(Job.queue, Job.kind).where(Job.id == job_id)).first()
     if row is None:
         return None
     tried: list[int] = []
+    own_in_line = False
     for _ in range(CLAIM_TRIES):  # a job another worker took meanwhile: the next one in line
-        candidate = session.scalar(_next_in_line(session, *row, skip=tried))
-        if candidate is None or candidate == job_id:
+        candidate = session.scalar(_next_in_line(session, *row, skip=tried, cap=max_running_per_tenant))
+        own_in_line = candidate == job_id
+        if candidate is None or own_in_line:
             break
         lease = claim_job(session, candidate, owner=owner, lease_seconds=lease_seconds,
                           max_interruptions=max_interruptions)
         if lease is not None:
             return lease
         tried.append(candidate)
-    return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds, max_interruptions=max_interruptions)
+    return claim_job(session, job_id, owner=owner, lease_seconds=lease_seconds, max_interruptions=max_interruptions,
+                     take_queued=own_in_line or not max_running_per_tenant)
 
 
-def _next_in_line(session: Session, queue: str, kind: str, *, skip: list[int]):
-    """The query of the queued `kind` job of `queue` to start next (locked, skipping locked ones, on PostgreSQL)."""
+def wake_next_in_line(session: Session, queue: str, kind: str, *, cap: int) -> int | None:
+    """Add a wake-up message for the `kind` job of `queue` first in line, if any; return its id.
+
+    With a per-tenant cap, a message can find every queued job's tenant at its cap and be dropped; when a job
+    ends, this gives the jobs it held back a message again (a spare one is dropped at the claim).
+    """
+    candidate = session.scalar(_next_in_line(session, queue, kind, skip=[], cap=cap))
+    if candidate is not None:
+        enqueue(session, session.get(Job, candidate))
+    return candidate
+
+
+def _next_in_line(session: Session, queue: str, kind: str, *, skip: list[int], cap: int = 0):
+    """The query of the queued `kind` job of `queue` to start next (locked, skipping locked ones, on PostgreSQL),
+    of a tenant running fewer than `cap` jobs when `cap` is set."""
     now = utcnow()
     running = (select(Job.tenant_id, func.count().label("running")).where(Job.status == JobStatus.RUNNING)
                .group_by(Job.tenant_id).subquery())
@@ -105,6 +127,7 @@ def _next_in_line(session: Session, queue: str, kind: str, *, skip: list[int]):
         .where(Job.status == JobStatus.QUEUED, Job.queue == queue, Job.kind == kind, Job.cancel_requested.is_(False),
                Job.attempts < Job.max_attempts, or_(Job.not_before.is_(None), Job.not_before <= now))
         .where(Job.id.not_in(skip))
+        .where(func.coalesce(running.c.running, 0) < cap if cap else true())
         .order_by(Job.priority.desc(), func.coalesce(running.c.running, 0), Job.id)
         .limit(1)
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from db.base import utcnow
 from db.enums import JobStatus
-from db.models import Job
+from db.models import Job, OutboxMessage
 from db.services.jobs import create_job, request_cancel
-from db.services.leases import claim_next, finish_job
+from db.services.leases import claim_next, finish_job, wake_next_in_line
 from db.services.tenants import get_or_create_tenant
 
 
@@ -24,9 +24,10 @@ def submit(session_factory, tenant: str = "acme", *, priority: int = 5, kind: st
         return job.id
 
 
-def start(session_factory, message_job_id: int, owner: str = "w1"):
+def start(session_factory, message_job_id: int, owner: str = "w1", cap: int = 0):
     with session_factory() as session, session.begin():
-        return claim_next(session, message_job_id, owner=owner, lease_seconds=60, max_interruptions=3)
+        return claim_next(session, message_job_id, owner=owner, lease_seconds=60, max_interruptions=3,
+                          max_running_per_tenant=cap)
 
 
 def test_higher_priority_first_then_the_oldest_whichever_message_arrives(session_factory):
@@ -99,3 +100,28 @@ def test_two_workers_claiming_at_once_start_two_different_jobs(session_factory):
         for lease in results:
             if lease is not None:
                 assert finish_job(session, lease, JobStatus.SUCCEEDED)
+
+
+def test_a_tenant_at_its_cap_gets_no_new_job_until_one_ends_and_then_is_woken(session_factory):
+    busy = [submit(session_factory, "busy", priority=9) for _ in range(3)]
+    quiet = submit(session_factory, "quiet", priority=1)
+
+    running = start(session_factory, busy[0], cap=1)
+    assert running.job_id == busy[0]
+    assert start(session_factory, busy[1], cap=1).job_id == quiet  # busy is at its cap: the lower priority runs
+    assert start(session_factory, busy[2], cap=1) is None  # nothing else may start: the message is dropped
+
+    with session_factory() as session, session.begin():
+        assert finish_job(session, running, JobStatus.SUCCEEDED)
+        woken = wake_next_in_line(session, "cpu", "evaluate", cap=1)
+        messages = session.scalars(select(OutboxMessage.job_id).where(OutboxMessage.sent_at.is_(None))).all()
+    assert woken == busy[1] and messages.count(busy[1]) == 2  # its own message at submit, and this wake-up
+    assert start(session_factory, busy[2], cap=1).job_id == busy[1]
+
+
+def test_taking_over_a_lost_job_is_not_held_back_by_the_cap(session_factory):
+    lost = submit(session_factory, "busy")
+    with session_factory() as session, session.begin():
+        claim_next(session, lost, owner="dead", lease_seconds=-1, max_interruptions=3)
+
+    assert start(session_factory, lost, owner="w2", cap=1).job_id == lost
