@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from api.openapi import parse_body, parse_query, spec
 from api.retries import check_has_failed_rows, check_retried_rows
 from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, RetryIn, job_out
 from db.enums import JobStatus
+from db.base import utcnow
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
 from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
 from db.services.pipelines import STEP_REFERENCE
+from db.services.schedule import parse_windows, window_opens, zone
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
 from worker.errors import PermanentJobError
@@ -63,7 +66,7 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()
         job, created = _create(session, submission, key, datasets)
-    if created:
+    if created and job.status == JobStatus.QUEUED:  # a scheduled job's message is written when it is released
         _publish_now(job)
     return job, created
 
@@ -82,7 +85,36 @@ def _create(session: Session, submission, key: str | None, datasets: list[tuple[
         idempotency_key=key,
         datasets=datasets,
         publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS,
+        not_before=start_time(submission.not_before),
     )
+
+
+def start_time(not_before: datetime | str | None) -> datetime | None:
+    """Resolve a submission's `not_before` (a time, or a run window's name) to naive UTC."""
+    if not_before is None:
+        return None
+    if isinstance(not_before, str) and not_before[:1].isdigit():
+        try:
+            not_before = datetime.fromisoformat(not_before)
+        except ValueError:
+            raise InvalidInput(f"not_before: {not_before!r} is not an ISO 8601 time (e.g. 2026-12-01T22:00:00Z)",
+                               code="invalid_input", details={"field": "not_before"}) from None
+    if isinstance(not_before, datetime):
+        return not_before.astimezone(UTC).replace(tzinfo=None) if not_before.tzinfo else not_before
+    settings = services().settings
+    try:
+        windows = parse_windows(settings.run_windows)
+        tz = zone(settings.timezone)
+    except ValueError as exc:
+        raise InvalidInput(f"not_before: the service's run windows are misconfigured: {exc}",
+                           code="bad_run_windows", details={"field": "not_before"}) from None
+    window = windows.get(not_before)
+    if window is None:
+        known = ", ".join(str(w) for w in windows.values()) or "none are configured (NIGHTSHIFT_RUN_WINDOWS)"
+        raise InvalidInput(f"not_before: {not_before!r} is neither a time (ISO 8601, e.g. 2026-12-01T22:00:00Z) nor "
+                           f"a run window; the windows are {known} ({settings.timezone})",
+                           code="unknown_window", details={"field": "not_before", "windows": list(windows)})
+    return window_opens(window, tz, utcnow())
 
 
 def _publish_now(job: Job) -> None:

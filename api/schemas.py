@@ -67,6 +67,10 @@ class DatasetListQuery(_In):
 # -- jobs --------------------------------------------------------------------------------------
 class _JobIn(_In):
     priority: int = Field(default=5, ge=0, le=9, description="0 (low) to 9 (high).")
+    not_before: datetime | str | None = Field(
+        default=None, description="Do not start before this time (ISO 8601; without a zone: UTC), or before the "
+                                  "named run window opens (e.g. nightly; NIGHTSHIFT_RUN_WINDOWS). Until then the job "
+                                  "is scheduled.")
     max_attempts: int | None = Field(default=None, ge=1, le=20, description="Default from settings.")
 
 
@@ -162,6 +166,7 @@ class JobOut(_Out):
     pipeline_id: int | None = Field(description="The pipeline this job is a step of.")
     pipeline_step: str | None = Field(description="Its step's name in that pipeline.")
     depends_on_id: int | None = Field(description="The job this step waits for (status waiting until it succeeds).")
+    not_before: UtcDatetime | None = Field(description="It does not start before this time (a scheduled job).")
     queue_position: int | None = Field(
         default=None, description="GET /jobs/{id} of a queued job: 1 if it is the next of its kind to start on its "
                                   "queue, 2 after that one, ... (by priority, then age; at equal priority a tenant with "

@@ -14,6 +14,7 @@ class TokenRole(StrEnum):
 
 class JobStatus(StrEnum):
     WAITING = "waiting"  # a pipeline step whose dependency has not succeeded yet: no message, no worker
+    SCHEDULED = "scheduled"  # not before a time (or a run window): no message until then
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -30,9 +31,11 @@ TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.
 # running -> queued is a hand-back: lease expired, worker shut down, or a transient error.
 # running -> running is a re-claim of an expired lease by a new attempt.
 # waiting -> queued releases a pipeline step when the step it depends on succeeds; waiting -> cancelled
-# when that step fails or is cancelled (or the user cancels it).
+# when that step fails or is cancelled (or the user cancels it). scheduled -> queued when its start time
+# comes (the sweeper), scheduled -> cancelled by the user.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(
         {

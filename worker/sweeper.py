@@ -15,6 +15,7 @@ from db.models import Job, OutboxMessage
 from db.services.jobs import add_event, enqueue
 from db.services.leases import LostAttempt, end_lost_attempt, expired_leases
 from db.services.pipelines import advance
+from db.services.schedule import release_due
 from worker.broker import pending_job_ids
 from worker.config import JOB_KINDS, Settings
 
@@ -38,7 +39,7 @@ def rerun_delay_seconds(settings: Settings, losses: int) -> float:
 
 def sweep(session_factory: sessionmaker[Session], settings: Settings) -> dict[str, int]:
     """Run one sweep; return counts of what it did."""
-    counts = {"requeued": 0, "failed": 0, "redispatched": 0, "released": 0, "cancelled": 0}
+    counts = {"requeued": 0, "failed": 0, "redispatched": 0, "released": 0, "cancelled": 0, "scheduled": 0}
     with session_factory() as session, session.begin():
         for job in expired_leases(session):
             outcome = end_lost_attempt(
@@ -51,6 +52,8 @@ def sweep(session_factory: sessionmaker[Session], settings: Settings) -> dict[st
                 counts[outcome] += 1
     with session_factory() as session, session.begin():
         counts |= advance(session)  # pipeline steps a lost transaction left waiting (normally none)
+    with session_factory() as session, session.begin():
+        counts["scheduled"] = release_due(session)  # jobs whose start time (or run window) has come
     try:
         pending = pending_job_ids(settings.redis_url, _queues(settings),
                                   delivered_within_seconds=settings.redispatch_after_seconds)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, Text, and_, cast, func, or_, select, update
@@ -45,8 +45,10 @@ def create_job(
     idempotency_key: str | None = None,
     datasets: list[tuple[int, str]] = (),
     publish_grace_seconds: float = 0.0,
+    not_before: datetime | None = None,
 ) -> tuple[Job, bool]:
-    """Insert a queued job and its outbox message; return (job, created).
+    """Insert a queued job and its outbox message, or a scheduled one (`not_before` in the future: no message
+    until the sweeper releases it then); return (job, created).
 
     `publish_grace_seconds`: the caller sends the message itself after the commit; the relay sends it
     only once this has passed unsent.
@@ -74,11 +76,16 @@ def create_job(
         priority=priority,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
-        status=JobStatus.QUEUED,
+        status=JobStatus.SCHEDULED if not_before is not None and not_before > utcnow() else JobStatus.QUEUED,
+        not_before=not_before,
         datasets=[JobDataset(dataset_id=d, role=role) for d, role in datasets],
     )
     session.add(job)
     session.flush()  # the job's id; its message and event go out in the caller's commit, in one flush
+    if job.status == JobStatus.SCHEDULED:
+        add_event(session, job.id, "status", f"{kind} job scheduled to start on '{queue}' at "
+                  f"{not_before:%Y-%m-%d %H:%M:%S} UTC", data={"status": "scheduled"})
+        return job, True
     session.add(_message_for(job, publish_grace_seconds))
     add_event(session, job.id, "status", f"{kind} job queued on '{queue}'", data={"status": "queued"})
     return job, True
@@ -223,7 +230,8 @@ def request_cancel(session: Session, tenant_id: int, job_id: int) -> Job:
     if JobStatus(job.status).terminal:
         raise Conflict(f"job {job_id} already {job.status}; nothing to cancel", code="job_finished")
     now = utcnow()
-    before = JobStatus(job.status) if job.status in (JobStatus.QUEUED, JobStatus.WAITING) else JobStatus.QUEUED
+    before = (JobStatus(job.status) if job.status in (JobStatus.QUEUED, JobStatus.WAITING, JobStatus.SCHEDULED)
+              else JobStatus.QUEUED)
     cancelled_now = session.execute(
         update(Job)
         .where(Job.id == job_id, status_guard(before, JobStatus.CANCELLED))

@@ -59,6 +59,9 @@ def test_jobs_submit_from_flags(run, labelled, database):
                       f"dataset_id={labelled['id']}", "--json")  # key=value pairs before, between and after flags
     assert flags_first.code == 0, flags_first.err
     assert (flags_first.json()["params"]["model"], flags_first.json()["priority"]) == ("sentiment", 3)
+    tonight = run("submit", "evaluate", "model=sentiment", f"dataset_id={labelled['id']}", "--not-before",
+                  "2099-01-01T22:00:00Z", "--json").json()
+    assert (tonight["status"], tonight["not_before"]) == ("scheduled", "2099-01-01T22:00:00Z")
 
 
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
