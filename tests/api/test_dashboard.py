@@ -94,6 +94,16 @@ def test_jobs_page_lists_filters_and_shows_the_queue_position(client, auth, labe
     assert "No jobs match these filters" in client.get("/jobs?task=translation").text
 
 
+def test_a_scheduled_job_shows_when_it_starts(client, auth, labelled, tiny_model):
+    job = submit(client, auth, {**evaluate_body(labelled["id"], tiny_model), "not_before": "2099-01-01T22:00:00Z"})
+    log_in(client, auth)
+
+    page = client.get("/jobs").text
+    assert f'data-job="{job["id"]}"' in page and "starts at 2099-01-01 22:00 UTC" in page
+    assert "starts at 2099-01-01 22:00 UTC" in client.get(f"/jobs/{job['id']}").text
+    assert f'data-job="{job["id"]}"' in client.get("/jobs/table?status=scheduled").text
+
+
 def test_jobs_page_pages_by_cursor(app, client, auth):
     with app.extensions["nightshift"].session_factory.begin() as session:
         tenant = get_or_create_tenant(session, "acme")
