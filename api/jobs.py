@@ -24,6 +24,7 @@ from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
 from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
 from db.services.pipelines import STEP_REFERENCE
+from db.services.estimates import check_deadline
 from db.services.schedule import parse_windows, window_opens, zone
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
@@ -60,8 +61,13 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
     """
     session = db_session()
     datasets = _check_references(session, submission)
+    deadline = _deadline(submission)
     try:
         job, created = _create(session, submission, key, datasets)
+        if created and deadline is not None:
+            job.deadline = deadline
+        if created:
+            check_deadline(session, job)  # its estimate, and a warning now if it cannot make its deadline
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()
@@ -87,6 +93,20 @@ def _create(session: Session, submission, key: str | None, datasets: list[tuple[
         publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS,
         not_before=start_time(submission.not_before),
     )
+
+
+def _deadline(submission) -> datetime | None:
+    """The submission's deadline as naive UTC; refused unless it is ahead (of now, and of not_before)."""
+    if submission.deadline is None:
+        return None
+    deadline = submission.deadline
+    deadline = deadline.astimezone(UTC).replace(tzinfo=None) if deadline.tzinfo else deadline
+    earliest = max(utcnow(), start_time(submission.not_before) or utcnow())
+    if deadline <= earliest:
+        raise InvalidInput(f"deadline: {deadline:%Y-%m-%d %H:%M:%S} UTC has passed or comes before the job may start "
+                           f"({earliest:%Y-%m-%d %H:%M:%S} UTC); give a later deadline or an earlier not_before",
+                           code="deadline_passed", details={"field": "deadline"})
+    return deadline
 
 
 def start_time(not_before: datetime | str | None) -> datetime | None:

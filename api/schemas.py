@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel, create_model, model_validator
 
+from db.services.estimates import expected_finish
 from db.services.ids import MAX_ROW_ID
 from worker.config import JOB_KINDS
 from worker.ml.tasks import LANGUAGE_MODELING, TASKS, params_model, tasks_of
@@ -71,6 +72,9 @@ class _JobIn(_In):
         default=None, description="Do not start before this time (ISO 8601; without a zone: UTC), or before the "
                                   "named run window opens (e.g. nightly; NIGHTSHIFT_RUN_WINDOWS). Until then the job "
                                   "is scheduled.")
+    deadline: datetime | None = Field(
+        default=None, description="When you need it done (ISO 8601; without a zone: UTC). A job that past jobs like "
+                                  "it say cannot make it gets a warning event, at submission and at its start.")
     max_attempts: int | None = Field(default=None, ge=1, le=20, description="Default from settings.")
 
 
@@ -167,6 +171,13 @@ class JobOut(_Out):
     pipeline_step: str | None = Field(description="Its step's name in that pipeline.")
     depends_on_id: int | None = Field(description="The job this step waits for (status waiting until it succeeds).")
     not_before: UtcDatetime | None = Field(description="It does not start before this time (a scheduled job).")
+    deadline: UtcDatetime | None = Field(description="When it is needed by.")
+    estimated_run_seconds: float | None = Field(
+        description="How long it should run, from the measured throughput of past jobs like it (null: none yet).")
+    expected_finish_at: UtcDatetime | None = Field(
+        default=None, description="Its start (or the earliest it can start) plus estimated_run_seconds; not "
+                                  "counting the jobs ahead of it in its queue.")
+    deadline_at_risk: bool | None = Field(default=None, description="expected_finish_at is after its deadline.")
     queue_position: int | None = Field(
         default=None, description="GET /jobs/{id} of a queued job: 1 if it is the next of its kind to start on its "
                                   "queue, 2 after that one, ... (by priority, then age; at equal priority a tenant with "
@@ -282,7 +293,10 @@ def job_out(job, *, queue_position: int | None = None) -> dict[str, Any]:
     )
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     data = {c: getattr(job, c) for c in JobOut.model_fields if hasattr(job, c) and c not in ("progress", "error")}
-    return JobOut(progress=progress, error=error, queue_position=queue_position, **data).model_dump(mode="json")
+    finish = expected_finish(job)
+    at_risk = finish > job.deadline if finish is not None and job.deadline is not None else None
+    return JobOut(progress=progress, error=error, queue_position=queue_position, expected_finish_at=finish,
+                  deadline_at_risk=at_risk, **data).model_dump(mode="json")
 
 
 # -- pipelines ---------------------------------------------------------------------------------

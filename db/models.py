@@ -111,6 +111,9 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     not_before: Mapped[datetime | None] = mapped_column(DateTime)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime)  # when the user needs it done
+    # Measured on past jobs like it (db/services/estimates.py), at submission and again at its start.
+    estimated_run_seconds: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)

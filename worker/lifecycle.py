@@ -16,7 +16,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.enums import JobStatus
+from db.base import utcnow
 from db.models import Job
+from db.services.estimates import check_deadline
 from db.services.jobs import add_event
 from db.services.leases import (
     Lease,
@@ -179,6 +181,8 @@ def run_job(
                            max_interruptions=settings.max_interruptions,
                            max_running_per_tenant=settings.max_running_per_tenant)
         job = session.get(Job, lease.job_id) if lease else None
+        if job is not None:
+            check_deadline(session, job, starting_at=utcnow(), when="its start")  # the estimate, measured anew
     if lease is None:
         log.info("job %s: nothing to claim on its queue (duplicate delivery, finished or cancelled); dropped",
                  job_id)

@@ -1,0 +1,135 @@
+"""How long a job should take, from the measured throughput of past jobs like it, and whether it can meet its
+deadline.
+
+"Like it": the same tenant, kind, task and queue (the queue stands for the device class: GPU or CPU
+workers) and the same model (`model` of an evaluation or batch job, `base_model` of a training job),
+else the same kind, task and queue with any model. The work is the job's rows (evaluation, batch
+inference) or training samples (steps x batch size, or epochs x rows); the rate is the median of the
+last jobs' rows per second of run time, or of their Trainer-measured training samples per second.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.enums import JobStatus
+from db.models import Dataset, Job, JobDataset
+from db.services.jobs import add_event
+
+PAST_JOBS = 10  # the last this many succeeded jobs like it
+TRAINING_KINDS = ("finetune", "pretrain")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    rate: float  # work units per second
+    unit: str  # rows or samples
+    work: float
+    jobs: int  # past jobs measured
+    same_model: bool
+
+    def describe(self) -> str:
+        like = "with the same model" if self.same_model else "of this kind on this queue"
+        return (f"{self.work:,.0f} {self.unit} at {self.rate:,.1f} {self.unit}/s (the median of {self.jobs} past "
+                f"job{'s' if self.jobs != 1 else ''} {like}): about {_duration(self.seconds)}")
+
+
+def estimate(session: Session, job: Job) -> Estimate | None:
+    """Return how long `job` should run, or None where no past job like it was measured."""
+    work = _work(session, job)
+    if not work:
+        return None
+    for same_model in (True, False):
+        rates = _past_rates(session, job, same_model)
+        if rates:
+            rate = statistics.median(rates)
+            unit = "samples" if job.kind in TRAINING_KINDS else "rows"
+            return Estimate(work / rate, rate, unit, work, len(rates), same_model)
+    return None
+
+
+def check_deadline(session: Session, job: Job, *, starting_at: datetime | None = None, when: str = "submitted") -> None:
+    """Store the job's estimate and, with a deadline it cannot meet, say so in an event now, before it runs."""
+    found = estimate(session, job)
+    job.estimated_run_seconds = found.seconds if found else None
+    if found is None or job.deadline is None:
+        return
+    start = starting_at or max(utcnow(), job.not_before or utcnow())
+    finish = start + timedelta(seconds=found.seconds)
+    if finish > job.deadline:
+        add_event(session, job.id, "log", f"at {when}: this job will likely miss its deadline of "
+                  f"{job.deadline:%Y-%m-%d %H:%M} UTC: {found.describe()}, so starting at {start:%Y-%m-%d %H:%M} UTC "
+                  f"it would end about {finish:%Y-%m-%d %H:%M} UTC", level="warning",
+                  data={"deadline_at_risk": True, "expected_finish": finish.isoformat() + "Z",
+                        "estimated_run_seconds": found.seconds})
+
+
+def expected_finish(job: Job) -> datetime | None:
+    """When the job should end: its start (or the earliest it can start) plus its estimate; None if unknown."""
+    if job.estimated_run_seconds is None or job.status not in (JobStatus.QUEUED, JobStatus.SCHEDULED,
+                                                               JobStatus.RUNNING, JobStatus.WAITING):
+        return None
+    start = job.started_at if job.status == JobStatus.RUNNING else max(utcnow(), job.not_before or utcnow())
+    return start + timedelta(seconds=job.estimated_run_seconds)
+
+
+def _work(session: Session, job: Job) -> float | None:
+    """The job's rows (evaluation, batch inference) or training samples."""
+    params = job.params or {}
+    if job.kind in TRAINING_KINDS:
+        if params.get("max_steps"):
+            return float(params["max_steps"] * params.get("batch_size", 16))
+        rows = _rows(session, job.id, "train")
+        share = 1 - params.get("validation_fraction", 0.1) if params.get("validation_dataset_id") is None else 1
+        return rows * share * params.get("epochs", 3.0) if rows else None
+    return _rows(session, job.id, "input" if job.kind == "batch_inference" else "evaluate")
+
+
+def _rows(session: Session, job_id: int, role: str) -> float | None:
+    return session.scalar(select(Dataset.row_count).join(JobDataset, JobDataset.dataset_id == Dataset.id)
+                          .where(JobDataset.job_id == job_id, JobDataset.role == role))
+
+
+def _past_rates(session: Session, job: Job, same_model: bool) -> list[float]:
+    key = "base_model" if job.kind in TRAINING_KINDS else "model"
+    past = session.scalars(
+        select(Job).where(Job.tenant_id == job.tenant_id, Job.status == JobStatus.SUCCEEDED, Job.kind == job.kind,
+                          Job.task == job.task, Job.queue == job.queue, Job.id != job.id)
+        .order_by(Job.id.desc()).limit(PAST_JOBS * 5)
+    )
+    rates = []
+    for other in past:
+        if same_model and (other.params or {}).get(key) != (job.params or {}).get(key):
+            continue
+        rate = _rate(other)
+        if rate:
+            rates.append(rate)
+        if len(rates) == PAST_JOBS:
+            break
+    return rates
+
+
+def _rate(job: Job) -> float | None:
+    if job.kind in TRAINING_KINDS:
+        rate = ((job.result or {}).get("train") or {}).get("train_samples_per_second")
+        return float(rate) if rate and math.isfinite(rate) and rate > 0 else None
+    if not job.progress_total or job.started_at is None or job.finished_at is None:
+        return None
+    seconds = (job.finished_at - job.started_at).total_seconds()
+    return job.progress_total / seconds if seconds > 0 else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,84 @@
+"""Deadlines and estimates: how long a job should take, from past jobs like it, and a warning before it runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from db.base import utcnow
+from db.models import Job
+from tests.api.helpers import API, assert_error, batch_body, evaluate_body, finetune_body, submit
+
+
+def finish(app, job_id: int, *, rows: int, seconds: float, **values) -> None:
+    now = utcnow()
+    with app.extensions["nightshift"].session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="succeeded", started_at=now - timedelta(seconds=seconds), finished_at=now, progress_total=rows,
+            **values))
+
+
+def in_minutes(minutes: float) -> str:
+    return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()
+
+
+@pytest.fixture
+def measured(app, client, auth, unlabelled, tiny_model) -> None:
+    """Three past batch jobs of the tiny model: 3 rows in 1, 3 and 2 s (3, 1 and 1.5 rows/s: median 1.5)."""
+    for seconds in (1.0, 3.0, 2.0):
+        job = submit(client, auth, batch_body(unlabelled["id"], tiny_model))
+        finish(app, job["id"], rows=3, seconds=seconds)
+
+
+def test_a_job_is_estimated_from_past_jobs_with_the_same_model(client, auth, unlabelled, tiny_model, measured):
+    job = submit(client, auth, {**batch_body(unlabelled["id"], tiny_model), "deadline": in_minutes(60)})
+
+    rows = unlabelled["row_count"]
+    assert job["estimated_run_seconds"] == pytest.approx(rows / 1.5, rel=1e-3)  # at the median rate
+    assert job["deadline_at_risk"] is False
+    finish_at = datetime.fromisoformat(job["expected_finish_at"])
+    assert abs((finish_at - datetime.now(UTC)).total_seconds() - rows / 1.5) < 30
+    events = client.get(f"{API}/jobs/{job['id']}/events", headers=auth).get_json()["items"]
+    assert not any("deadline" in e["message"] for e in events)
+
+
+def test_a_job_that_cannot_make_its_deadline_says_so_before_it_runs(app, client, auth, unlabelled, tiny_model,
+                                                                   measured):
+    job = submit(client, auth, {**batch_body(unlabelled["id"], tiny_model), "not_before": in_minutes(30),
+                                "deadline": in_minutes(30.005)})  # 0.3 s to do over a second of work
+
+    assert job["status"] == "scheduled" and job["deadline_at_risk"] is True
+    [warning] = [e for e in client.get(f"{API}/jobs/{job['id']}/events", headers=auth).get_json()["items"]
+                 if e["level"] == "warning"]
+    assert warning["message"].startswith("at submitted: this job will likely miss its deadline of ")
+    rows = unlabelled["row_count"]
+    assert (f"{rows} rows at 1.5 rows/s (the median of 3 past jobs with the same model): about {rows / 1.5:.0f} s"
+            in warning["message"])
+    assert warning["data"]["deadline_at_risk"] is True
+
+
+def test_without_past_jobs_there_is_no_estimate_and_no_warning(client, auth, labelled, tiny_model):
+    job = submit(client, auth, {**evaluate_body(labelled["id"], tiny_model), "deadline": in_minutes(1)})
+    assert (job["estimated_run_seconds"], job["expected_finish_at"], job["deadline_at_risk"]) == (None, None, None)
+
+
+def test_a_fine_tune_is_estimated_from_training_samples_per_second(app, client, auth, labelled, tiny_model):
+    past = submit(client, auth, finetune_body(labelled["id"], tiny_model, max_steps=10, batch_size=8))
+    finish(app, past["id"], rows=10, seconds=5, result={"train": {"train_samples_per_second": 40.0}})
+
+    job = submit(client, auth, finetune_body(labelled["id"], tiny_model, max_steps=100, batch_size=8))
+
+    assert job["estimated_run_seconds"] == pytest.approx(100 * 8 / 40.0)
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"deadline": "2020-01-01T00:00:00Z"}, "deadline: 2020-01-01 00:00:00 UTC has passed"),
+    ({"deadline": "2099-01-01T00:00:00Z", "not_before": "2099-01-02T00:00:00Z"},
+     "comes before the job may start (2099-01-02 00:00:00 UTC)"),
+])
+def test_a_deadline_that_has_passed_or_comes_before_the_start_is_422(app, client, auth, labelled, tiny_model, fields,
+                                                                      says):
+    response = client.post(f"{API}/jobs", headers=auth, json={**evaluate_body(labelled["id"], tiny_model), **fields})
+    assert assert_error(response, 422, "deadline_passed", says)["details"]["field"] == "deadline"
