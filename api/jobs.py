@@ -16,6 +16,7 @@ from api import db_session, services
 from api.auth import tenant_id
 from api.openapi import parse_body, parse_query, spec
 from api.retries import check_has_failed_rows, check_retried_rows
+from api.workers import STALE_HEARTBEATS
 from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, RetryIn, job_out
 from db.enums import JobStatus
 from db.base import utcnow
@@ -24,7 +25,7 @@ from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
 from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
 from db.services.pipelines import STEP_REFERENCE
-from db.services.estimates import check_deadline
+from db.services.estimates import check_deadline, expected_start
 from db.services.schedule import parse_windows, window_opens, zone
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
@@ -51,7 +52,15 @@ def submit():
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise InvalidInput(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters", code="bad_idempotency_key")
     job, created = create_submission(submission, key)
-    return jsonify(job_out(job, queue_position=queue_position(db_session(), job))), 202 if created else 200
+    return jsonify(_job_with_place(job)), 202 if created else 200
+
+
+def _job_with_place(job: Job) -> dict:
+    """The job as JSON with its place in its queue and when it should start."""
+    session = db_session()
+    alive = STALE_HEARTBEATS * services().settings.heartbeat_seconds
+    return job_out(job, queue_position=queue_position(session, job),
+                   expected_start=expected_start(session, job, alive_within_seconds=alive))
 
 
 def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
@@ -66,8 +75,9 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
         job, created = _create(session, submission, key, datasets)
         if created and deadline is not None:
             job.deadline = deadline
-        if created:
-            check_deadline(session, job)  # its estimate, and a warning now if it cannot make its deadline
+        if created:  # its estimate, and a warning now if it cannot make its deadline behind the jobs ahead of it
+            alive = STALE_HEARTBEATS * services().settings.heartbeat_seconds
+            check_deadline(session, job, starting_at=expected_start(session, job, alive_within_seconds=alive))
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()
@@ -469,9 +479,7 @@ def list_all():
 @bp.get("/jobs/<int:job_id>")
 @spec("Get a job with its progress", response=JobOut)
 def get_one(job_id: int):
-    session = db_session()
-    job = get_job(session, tenant_id(), job_id)
-    return jsonify(job_out(job, queue_position=queue_position(session, job)))
+    return jsonify(_job_with_place(get_job(db_session(), tenant_id(), job_id)))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")

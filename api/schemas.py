@@ -174,9 +174,13 @@ class JobOut(_Out):
     deadline: UtcDatetime | None = Field(description="When it is needed by.")
     estimated_run_seconds: float | None = Field(
         description="How long it should run, from the measured throughput of past jobs like it (null: none yet).")
+    expected_start_at: UtcDatetime | None = Field(
+        default=None, description="POST and GET /jobs/{id} of a queued job: when it should start, from the time left "
+                                  "on its queue's running jobs and the estimates of the jobs ahead of it, shared among "
+                                  "the queue's live workers (null when one of those is unknown).")
     expected_finish_at: UtcDatetime | None = Field(
-        default=None, description="Its start (or the earliest it can start) plus estimated_run_seconds; not "
-                                  "counting the jobs ahead of it in its queue.")
+        default=None, description="expected_start_at (else its start, or the earliest it can start) plus "
+                                  "estimated_run_seconds.")
     deadline_at_risk: bool | None = Field(default=None, description="expected_finish_at is after its deadline.")
     queue_position: int | None = Field(
         default=None, description="GET /jobs/{id} of a queued job: 1 if it is the next of its kind to start on its "
@@ -285,18 +289,18 @@ class Health(BaseModel):
     redis: str
 
 
-def job_out(job, *, queue_position: int | None = None) -> dict[str, Any]:
-    """Serialise a Job row (with its place in its queue, where the caller counted it)."""
+def job_out(job, *, queue_position: int | None = None, expected_start: datetime | None = None) -> dict[str, Any]:
+    """Serialise a Job row (with its place in its queue and expected start, where the caller counted them)."""
     progress = Progress(
         fraction=job.progress_fraction, stage=job.progress_stage, done=job.progress_done,
         total=job.progress_total, eta_seconds=job.eta_seconds,
     )
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     data = {c: getattr(job, c) for c in JobOut.model_fields if hasattr(job, c) and c not in ("progress", "error")}
-    finish = expected_finish(job)
+    finish = expected_finish(job, expected_start)
     at_risk = finish > job.deadline if finish is not None and job.deadline is not None else None
-    return JobOut(progress=progress, error=error, queue_position=queue_position, expected_finish_at=finish,
-                  deadline_at_risk=at_risk, **data).model_dump(mode="json")
+    return JobOut(progress=progress, error=error, queue_position=queue_position, expected_start_at=expected_start,
+                  expected_finish_at=finish, deadline_at_risk=at_risk, **data).model_dump(mode="json")
 
 
 # -- pipelines ---------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.enums import JobStatus
-from db.models import Dataset, Job, JobDataset
+from db.models import Dataset, Job, JobDataset, Worker
 from db.services.jobs import add_event
 
 PAST_JOBS = 10  # the last this many succeeded jobs like it
@@ -72,13 +72,45 @@ def check_deadline(session: Session, job: Job, *, starting_at: datetime | None =
                         "estimated_run_seconds": found.seconds})
 
 
-def expected_finish(job: Job) -> datetime | None:
-    """When the job should end: its start (or the earliest it can start) plus its estimate; None if unknown."""
+def expected_finish(job: Job, start: datetime | None = None) -> datetime | None:
+    """When the job should end: its start (`start`, else the earliest it can start) plus its estimate; None if
+    unknown."""
     if job.estimated_run_seconds is None or job.status not in (JobStatus.QUEUED, JobStatus.SCHEDULED,
                                                                JobStatus.RUNNING, JobStatus.WAITING):
         return None
-    start = job.started_at if job.status == JobStatus.RUNNING else max(utcnow(), job.not_before or utcnow())
+    if job.status == JobStatus.RUNNING:
+        start = job.started_at
+    start = start or max(utcnow(), job.not_before or utcnow())
     return start + timedelta(seconds=job.estimated_run_seconds)
+
+
+def expected_start(session: Session, job: Job, *, alive_within_seconds: float) -> datetime | None:
+    """When a queued job should start: the work left on its queue ahead of it (the running jobs' remaining time,
+    the estimates of the queued jobs of its kind ahead in line) shared among the live workers of the queue.
+
+    None unless the job is queued, a live worker takes its queue and every job counted has an estimate.
+    """
+    if job.status != JobStatus.QUEUED:
+        return None
+    now = utcnow()
+    workers = sum(job.queue in (worker.queues or []) for worker in session.scalars(
+        select(Worker).where(Worker.last_seen_at >= now - timedelta(seconds=alive_within_seconds))))
+    if not workers:
+        return None
+    left = 0.0
+    for running in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.queue == job.queue)):
+        if running.eta_seconds is not None:
+            left += running.eta_seconds
+        elif running.estimated_run_seconds is not None and running.started_at is not None:
+            left += max(running.estimated_run_seconds - (now - running.started_at).total_seconds(), 0.0)
+        else:
+            return None
+    ahead = session.scalars(select(Job.estimated_run_seconds).where(
+        Job.queue == job.queue, Job.kind == job.kind, Job.status == JobStatus.QUEUED, Job.id != job.id,
+        or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id)))).all()
+    if any(seconds is None for seconds in ahead):
+        return None
+    return now + timedelta(seconds=(left + sum(ahead)) / workers)
 
 
 def _work(session: Session, job: Job) -> float | None:

@@ -82,3 +82,28 @@ def test_a_deadline_that_has_passed_or_comes_before_the_start_is_422(app, client
                                                                       says):
     response = client.post(f"{API}/jobs", headers=auth, json={**evaluate_body(labelled["id"], tiny_model), **fields})
     assert assert_error(response, 422, "deadline_passed", says)["details"]["field"] == "deadline"
+
+
+def test_a_queued_job_expects_to_start_when_the_work_ahead_is_shared_among_live_workers(app, client, auth, labelled,
+                                                                                       tiny_model):
+    from db.services.workers import record_heartbeat
+
+    running, first, second = (submit(client, auth, evaluate_body(labelled["id"], tiny_model)) for _ in range(3))
+    factory = app.extensions["nightshift"].session_factory
+    with factory.begin() as session:
+        session.execute(update(Job).where(Job.id == running["id"]).values(status="running", eta_seconds=100.0))
+        session.execute(update(Job).where(Job.id.in_([first["id"], second["id"]])).values(estimated_run_seconds=50.0))
+    assert client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()["expected_start_at"] is None  # no worker
+
+    with factory.begin() as session:
+        record_heartbeat(session, "gpu@a", "a", 1, ["gpu"], {"kind": "cpu"})
+    job = client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()
+    wait = (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds()
+    assert 140 < wait <= 150  # 100 s left on the running job and 50 s for the one ahead, one worker
+    finish_at = datetime.fromisoformat(job["expected_finish_at"])
+    assert (finish_at - datetime.fromisoformat(job["expected_start_at"])).total_seconds() == pytest.approx(50.0)
+
+    with factory.begin() as session:
+        record_heartbeat(session, "gpu@b", "b", 2, ["cpu", "gpu"], {"kind": "cpu"})
+    job = client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()
+    assert 65 < (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds() <= 75
