@@ -16,7 +16,6 @@ from api import db_session, services
 from api.auth import tenant_id
 from api.openapi import parse_body, parse_query, spec
 from api.retries import check_has_failed_rows, check_retried_rows
-from api.workers import STALE_HEARTBEATS
 from api.schemas import EventList, EventOut, EventQuery, JobIn, JobList, JobListQuery, JobOut, RetryIn, job_out
 from db.enums import JobStatus
 from db.base import utcnow
@@ -58,9 +57,8 @@ def submit():
 def _job_with_place(job: Job) -> dict:
     """The job as JSON with its place in its queue and when it should start."""
     session = db_session()
-    alive = STALE_HEARTBEATS * services().settings.heartbeat_seconds
-    return job_out(job, queue_position=queue_position(session, job),
-                   expected_start=expected_start(session, job, alive_within_seconds=alive))
+    return job_out(job, queue_position=queue_position(session, job), expected_start=expected_start(
+        session, job, alive_within_seconds=services().settings.worker_stale_seconds))
 
 
 def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
@@ -76,7 +74,7 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
         if created and deadline is not None:
             job.deadline = deadline
         if created:  # its estimate, and a warning now if it cannot make its deadline behind the jobs ahead of it
-            alive = STALE_HEARTBEATS * services().settings.heartbeat_seconds
+            alive = services().settings.worker_stale_seconds
             check_deadline(session, job, starting_at=expected_start(session, job, alive_within_seconds=alive))
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job

@@ -27,7 +27,7 @@ from api import services
 from db.base import utcnow
 from db.enums import JobStatus
 from db.models import Job, OutboxMessage, Worker
-from worker.broker import PRIORITY_SEPARATOR
+from worker.broker import queue_lengths
 from worker.config import JOB_KINDS
 
 bp = Blueprint("metrics", __name__)
@@ -67,7 +67,7 @@ class StateCollector:
             yield from durations(session)
             yield from throughput(session)
             yield from outbox(session)
-            yield from workers(session, self.settings.heartbeat_seconds)
+            yield from workers(session, self.settings.worker_stale_seconds)
         yield from broker(self.settings)
 
 
@@ -173,7 +173,7 @@ def outbox(session: Session) -> Iterator[Metric]:
                             value=(now - oldest).total_seconds() if oldest else 0.0)
 
 
-def workers(session: Session, heartbeat_seconds: float) -> Iterator[Metric]:
+def workers(session: Session, stale_seconds: float) -> Iterator[Metric]:
     """Each worker's last heartbeat, whether it is alive, and its device."""
     now = utcnow()
     seen = GaugeMetricFamily("nightshift_worker_last_seen_seconds", "Seconds since each worker's last heartbeat.",
@@ -182,7 +182,7 @@ def workers(session: Session, heartbeat_seconds: float) -> Iterator[Metric]:
                            labels=["worker", "host"])
     info = GaugeMetricFamily("nightshift_worker_info", "A worker's queues and device (value 1).",
                              labels=["worker", "host", "queues", "device", "device_name"])
-    fresh = timedelta(seconds=3 * heartbeat_seconds)
+    fresh = timedelta(seconds=stale_seconds)
     for worker in session.scalars(select(Worker).order_by(Worker.name)):
         labels = [worker.name, worker.host]
         seen.add_metric(labels, (now - worker.last_seen_at).total_seconds())
@@ -199,17 +199,13 @@ def broker(settings) -> Iterator[Metric]:
     family = GaugeMetricFamily("nightshift_broker_messages", "Task messages waiting in Redis per queue (all "
                                "priorities).", labels=["queue"])
     up = GaugeMetricFamily("nightshift_broker_up", "1 if Redis answered this scrape.")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        for queue in queues:
-            keys = [queue.encode(), *client.scan_iter(match=f"{queue}{PRIORITY_SEPARATOR}*")]
-            family.add_metric([queue], sum(client.llen(key) for key in keys))
+        for queue, length in queue_lengths(settings.redis_url, queues).items():
+            family.add_metric([queue], length)
         up.add_metric([], 1.0)
     except redis.RedisError:
         family = None
         up.add_metric([], 0.0)
-    finally:
-        client.close()
     if family is not None:
         yield family
     yield up

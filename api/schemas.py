@@ -183,7 +183,7 @@ class JobOut(_Out):
                                   "estimated_run_seconds.")
     deadline_at_risk: bool | None = Field(default=None, description="expected_finish_at is after its deadline.")
     queue_position: int | None = Field(
-        default=None, description="GET /jobs/{id} of a queued job: 1 if it is the next of its kind to start on its "
+        default=None, description="POST and GET /jobs/{id} of a queued job: 1 if it is the next of its kind to start on its "
                                   "queue, 2 after that one, ... (by priority, then age; at equal priority a tenant with "
                                   "fewer jobs running may go first). Null otherwise.")
 

@@ -12,14 +12,11 @@ from db.services.workers import list_workers
 
 bp = Blueprint("workers", __name__)
 
-STALE_HEARTBEATS = 3  # a worker that missed this many heartbeats is not alive
-
 
 @bp.get("/workers")
 @spec("List the workers: host, queues, device, last heartbeat, and which of your jobs each runs", response=WorkerList)
 def list_all():
-    stale_after = STALE_HEARTBEATS * services().settings.heartbeat_seconds
-    states = list_workers(db_session(), stale_after, tenant_id=tenant_id())
+    states = list_workers(db_session(), services().settings.worker_stale_seconds, tenant_id=tenant_id())
     items = [WorkerOut(name=s.worker.name, host=s.worker.host, pid=s.worker.pid, queues=s.worker.queues or [],
                        device=s.worker.device or {}, started_at=s.worker.started_at,
                        last_seen_at=s.worker.last_seen_at, alive=not s.stale,

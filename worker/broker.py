@@ -18,6 +18,20 @@ UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"  # delivery tag -> delivery time
 
 
+def priority_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for `queue`, one per priority step (step 0 is the bare name)."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_lengths(redis_url: str, queues: Iterable[str], *, timeout: float = 2.0) -> dict[str, int]:
+    """Return the messages waiting on each queue, at every priority; raise redis.RedisError if Redis is down."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return {queue: sum(client.llen(key) for key in priority_keys(queue)) for queue in queues}
+    finally:
+        client.close()
+
+
 def pending_job_ids(redis_url: str, queues: Iterable[str], *, delivered_within_seconds: float) -> set[int]:
     """Return the ids of jobs whose message waits in `queues` or was delivered only recently.
 
@@ -27,7 +41,7 @@ def pending_job_ids(redis_url: str, queues: Iterable[str], *, delivered_within_s
     """
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        keys = [q if step == 0 else f"{q}{PRIORITY_SEPARATOR}{step}" for q in set(queues) for step in PRIORITY_STEPS]
+        keys = [key for queue in set(queues) for key in priority_keys(queue)]
         raw = [m for key in keys for m in client.lrange(key, 0, -1)]
         since = client.time()[0] - delivered_within_seconds
         recent = client.zrangebyscore(UNACKED_INDEX_KEY, since, "+inf")

@@ -95,6 +95,11 @@ class Settings:
         return getattr(self, f"queue_{SETTINGS_KIND.get(kind, kind)}")
 
     @property
+    def worker_stale_seconds(self) -> float:
+        """How long since its last heartbeat a worker counts as alive: three heartbeats."""
+        return 3 * self.heartbeat_seconds
+
+    @property
     def base_url(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
 

@@ -132,9 +132,11 @@ def _rows(session: Session, job_id: int, role: str) -> float | None:
 
 def _past_rates(session: Session, job: Job, same_model: bool) -> list[float]:
     key = "base_model" if job.kind in TRAINING_KINDS else "model"
-    past = session.scalars(
-        select(Job).where(Job.tenant_id == job.tenant_id, Job.status == JobStatus.SUCCEEDED, Job.kind == job.kind,
-                          Job.task == job.task, Job.queue == job.queue, Job.id != job.id)
+    # Only the columns a rate needs: this runs in every claim's transaction.
+    past = session.execute(
+        select(Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)
+        .where(Job.tenant_id == job.tenant_id, Job.status == JobStatus.SUCCEEDED, Job.kind == job.kind,
+               Job.task == job.task, Job.queue == job.queue, Job.id != job.id)
         .order_by(Job.id.desc()).limit(PAST_JOBS * 5)
     )
     rates = []
@@ -149,7 +151,8 @@ def _past_rates(session: Session, job: Job, same_model: bool) -> list[float]:
     return rates
 
 
-def _rate(job: Job) -> float | None:
+def _rate(job) -> float | None:
+    """Rows or training samples per second of a finished job (a Job, or a row with its columns)."""
     if job.kind in TRAINING_KINDS:
         rate = ((job.result or {}).get("train") or {}).get("train_samples_per_second")
         return float(rate) if rate and math.isfinite(rate) and rate > 0 else None
