@@ -7,7 +7,7 @@ COPY api api
 COPY worker worker
 COPY db db
 COPY nightshift nightshift
-RUN pip install --no-cache-dir '.[worker,flower]'
+RUN pip install --no-cache-dir '.[worker,flower,s3]'
 VOLUME /data
 EXPOSE 8080
 CMD ["nightshift", "api"]

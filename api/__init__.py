@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import Settings
+from worker.storage import Storage
 
 API_PREFIX = "/api/v1"
 
@@ -92,6 +93,11 @@ def services() -> Services:
     from flask import current_app
 
     return current_app.extensions["nightshift"]
+
+
+def storage() -> Storage:
+    """Return where this deployment keeps datasets, models and outputs."""
+    return Storage.from_settings(services().settings)
 
 
 def db_session() -> Session:

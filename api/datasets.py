@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from api import db_session, services
+from api import db_session, services, storage
 from api.auth import tenant_id
 from api.openapi import parse_query, spec
 from api.schemas import DatasetList, DatasetListQuery, DatasetOut
@@ -137,7 +137,7 @@ def _check_storable(columns: list[str], labels: dict[str, int]) -> None:
 
 
 def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, target=None) -> Dataset:
-    """Ingest to a temporary file, rename it, then commit the row; remove the file on any failure."""
+    """Ingest to a temporary file, rename it, store it, then commit the row; remove the file on any failure."""
     directory = Path(services().settings.data_dir).resolve() / "datasets"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{uuid.uuid4().hex}.jsonl"  # server-generated: the client's filename never reaches disk
@@ -153,6 +153,9 @@ def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, 
     finally:
         temporary.unlink(missing_ok=True)
     try:
+        location = storage().publish(final)
+        if storage().remote:
+            final.unlink()  # in the bucket now; the workers fetch it
         session = db_session()
         columns = list(schema.columns.values())  # the input role first, the target role last
         dataset = Dataset(
@@ -160,12 +163,14 @@ def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, 
             # Labelled data of any task has a target; a language model's plain text is its own.
             text_column=columns[0], label_column=columns[-1] if task and getattr(schema, "labelled", True) else None,
             columns=result.columns, row_count=result.row_count, size_bytes=size,
-            sha256=result.sha256, path=str(final), stats=result.stats,
+            sha256=result.sha256, path=location, stats=result.stats,
         )
         session.add(dataset)
         session.commit()
     except BaseException:
         final.unlink(missing_ok=True)
+        if storage().remote:
+            storage().delete(storage().location(final))
         raise
     return dataset
 
@@ -210,5 +215,5 @@ def remove_dataset(dataset_id: int) -> Dataset:
     session = db_session()
     dataset = delete_dataset(session, tenant_id(), dataset_id)
     session.commit()
-    Path(dataset.path).unlink(missing_ok=True)
+    storage().delete(dataset.path)
     return dataset

@@ -6,13 +6,13 @@ import json
 import logging
 from datetime import UTC, datetime
 from contextvars import ContextVar
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, jsonify, request, send_file
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import db_session, services
+from api import db_session, services, storage
 from api.auth import tenant_id
 from api.openapi import parse_body, parse_query, spec
 from api.retries import check_has_failed_rows, check_retried_rows
@@ -33,6 +33,7 @@ from worker.ml import adapters, stopping
 from worker.ml.layers import config_layer_count
 from worker.ml.tasks import LANGUAGE_MODELING, eval_metrics, get_task, input_columns, untrained_for
 from worker.outbox import SUBMIT_PUBLISH_GRACE_SECONDS, publish_submitted
+from worker.storage import Storage
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -209,7 +210,7 @@ def _check_adapter(ref: str, artifact: ModelArtifact | None) -> None:
         raise InvalidInput(f"params.model: '{ref}' is not a registered model; a merge folds a registered LoRA adapter "
                            "(the model of a fine-tune with lora) into its base model: name that model",
                            code="not_an_adapter", details={"field": "params.model"})
-    if not adapters.adapter_record(artifact.path):
+    if not _model_file(artifact.path, adapters.ADAPTER_FILE):
         raise InvalidInput(f"params.model: model {artifact.name}:{artifact.version} is a full model already; a merge "
                            "folds a LoRA adapter (the model of a fine-tune with lora) into its base model",
                            code="not_an_adapter", details={"field": "params.model"})
@@ -257,7 +258,7 @@ def _check_training_control(session: Session, params, task: str) -> None:
     try:
         path = artifact.path if artifact else resolve_unregistered(params.base_model,
                                                                    hub_enabled=services().settings.hub_enabled)
-        layers = config_layer_count(json.loads((Path(path) / "config.json").read_text()))
+        layers = config_layer_count(_model_file(path, "config.json"))
     except (ModelRefError, OSError, ValueError):
         return  # a hub model: the worker counts its layers once it is loaded
     if layers is not None and params.freeze_layers > layers:
@@ -271,7 +272,7 @@ def _check_training_control(session: Session, params, task: str) -> None:
 def _check_lora(session: Session, params) -> None:
     """Refuse an adapter as the base of a LoRA fine-tune, and target modules the base model's family lacks."""
     artifact = resolve_model(session, tenant_id(), params.base_model)
-    if artifact is not None and adapters.is_adapter(artifact.path):
+    if artifact is not None and _model_file(artifact.path, adapters.PEFT_CONFIG):
         raise InvalidInput(
             f"params.base_model: model {artifact.name}:{artifact.version} is a LoRA adapter of {artifact.base_model}: "
             f"fine-tune from {artifact.base_model}, or from a full model (merge_adapter registers one)",
@@ -281,7 +282,7 @@ def _check_lora(session: Session, params) -> None:
     try:
         path = artifact.path if artifact else resolve_unregistered(params.base_model,
                                                                    hub_enabled=services().settings.hub_enabled)
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        model_type = _model_file(path, "config.json").get("model_type")
     except (ModelRefError, OSError, ValueError, AttributeError):
         return  # a hub model: the worker checks the names once it is loaded
     found = adapters.unknown_targets(model_type, params.lora.target_modules)
@@ -455,6 +456,11 @@ def _check_model(session: Session, ref: str, field: str, task: str | None = None
     return None
 
 
+def _model_file(path: str, name: str) -> dict:
+    """A JSON file of a model's directory, read where it is stored ({} if it has none)."""
+    return storage().read_json(Storage.join(path, name))
+
+
 def _architectures(path: Path) -> list[str]:
     """Return the architectures a local model's config.json names (empty for hub ids)."""
     try:
@@ -556,10 +562,10 @@ def send_output(job_id: int, *, errors: bool = False):
                        code="no_output")
     if job.status != "succeeded" or not job.output_path:
         raise Conflict(f"job {job_id} is {job.status}; its output is ready when it has succeeded", code="not_ready")
-    path = Path(job.output_path)
-    if errors:
-        path = path.with_name("errors.jsonl")
-    if not path.is_file():
+    location = Storage.sibling(job.output_path, "errors.jsonl") if errors else job.output_path
+    if not storage().exists(location):
         raise NotFound(f"the output file of job {job_id} is missing from storage", code="output_missing")
-    return send_file(path, mimetype="application/x-ndjson", as_attachment=True,
-                     download_name=f"job-{job_id}-{path.name}")
+    # A local file is sent as a path (ranges, conditional requests); a stored one is streamed from the bucket.
+    source = location if not storage().remote else storage().open(location)
+    return send_file(source, mimetype="application/x-ndjson", as_attachment=True,
+                     download_name=f"job-{job_id}-{PurePosixPath(location).name}")

@@ -10,14 +10,14 @@ instead, a retry that could not run.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy.orm import Session
 
+from api import storage
 from db.enums import JobStatus
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job
 from db.services.jobs import get_job
+from worker.storage import Storage
 
 FIELD = "params.only_failed_rows_of"
 
@@ -57,5 +57,5 @@ def check_has_failed_rows(job: Job) -> None:
     if not job.result.get("rows_failed"):
         raise Conflict(f"{name} has no failed rows to retry: every row of its input has a prediction",
                        code="no_failed_rows")
-    if not job.output_path or not Path(job.output_path).with_name("errors.jsonl").is_file():
+    if not job.output_path or not storage().exists(Storage.sibling(job.output_path, "errors.jsonl")):
         raise Conflict(f"the errors file of {name} is missing from storage: {whole}", code="output_missing")

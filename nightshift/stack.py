@@ -175,8 +175,11 @@ class Stack:
     and the failure tests restart what they break when they choose to.
     """
 
-    def __init__(self, settings: Settings, *, log_dir: Path | None = None, workers: int = 1) -> None:
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None, workers: int = 1,
+                 overrides: dict[str, dict] | None = None) -> None:
         self.settings = settings
+        # Settings of one process only, by name (e.g. a worker's own data_dir: hosts of a cluster).
+        self.overrides = overrides or {}
         self.redis: EmbeddedRedis | None = None
         self.processes: dict[str, subprocess.Popen] = {}
         # Every process this stack starts carries this id in its environment, so stop() finds one
@@ -225,13 +228,14 @@ class Stack:
 
     def start_process(self, name: str) -> subprocess.Popen:
         """Start (or restart) the process called `name`."""
+        settings = self.settings.with_overrides(**self.overrides.get(name, {}))
         if name == "api":
-            command = api_command(self.settings)
+            command = api_command(settings)
         elif name == "beat":
-            command = beat_command(self.settings)
+            command = beat_command(settings)
         else:
-            command = worker_command(self.settings, name=name)
-        env = {**os.environ, **self.settings.export_env(), STACK_ID_VARIABLE: self.stack_id}
+            command = worker_command(settings, name=name)
+        env = {**os.environ, **settings.export_env(), STACK_ID_VARIABLE: self.stack_id}
         # Its own process group: a supervisor can then kill what a dead process leaves behind
         # (gunicorn workers holding the port, a job's process holding GPU memory).
         with open(self.log_dir / f"{name}.log", "ab") as out:

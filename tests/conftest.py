@@ -155,6 +155,65 @@ def other_auth(app):
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """moto's standalone S3 server in its own process: the bucket of a cluster's workers."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from nightshift.stack import free_port
+    from tests.helpers import wait_until
+
+    try:
+        import moto.server  # noqa: F401
+        import s3fs  # noqa: F401
+    except ImportError as exc:
+        _unavailable(f"moto[server] and s3fs are needed for the bucket tests: {exc}")
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            assert server.poll() is None, f"moto's server exited: {log.read_text()[-2000:]}"
+            try:
+                return requests.get(endpoint, timeout=2).status_code < 500
+            except requests.ConnectionError:
+                return False
+
+        wait_until(answers, timeout=60, message="moto's S3 server answers")
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def make_bucket(endpoint: str) -> tuple[str, str]:
+    """Create a new, empty bucket on `endpoint`; return (storage URL, storage options as JSON)."""
+    import json
+
+    import s3fs
+
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+    name = f"nightshift-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}/data", json.dumps(options)
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> tuple[str, str]:
+    """A new, empty bucket: (storage URL, storage options as JSON)."""
+    return make_bucket(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny BERT classifier and tokenizer built from a config, saved to disk."""
     from tests.tiny_models import build_tiny_classifier

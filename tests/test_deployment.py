@@ -47,3 +47,23 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"`(NIGHTSHIFT_[A-Z_]+)`", readme))
     assert SETTINGS <= documented, SETTINGS - documented
+
+
+def test_compose_can_keep_storage_in_a_bucket():
+    """The `bucket` profile runs MinIO; the documented storage options match it; the image can reach it."""
+    import json
+
+    services = compose()["services"]
+    assert services["minio"]["profiles"] == ["bucket"] and services["bucket"]["profiles"] == ["bucket"]
+    for name in ("api", "worker-gpu", "worker-cpu", "beat"):
+        environment = services[name]["environment"]
+        assert environment["NIGHTSHIFT_STORAGE_URL"] == "${NIGHTSHIFT_STORAGE_URL:-}", name
+        assert environment["NIGHTSHIFT_STORAGE_OPTIONS"] == "${NIGHTSHIFT_STORAGE_OPTIONS:-}", name
+    text = (ROOT / "docker-compose.yml").read_text()
+    options = json.loads(re.search(r"NIGHTSHIFT_STORAGE_OPTIONS='(\{.*?\})'", text).group(1))
+    minio = services["minio"]["environment"]
+    assert options == {"endpoint_url": "http://minio:9000", "key": minio["MINIO_ROOT_USER"],
+                       "secret": minio["MINIO_ROOT_PASSWORD"]}
+    assert "s3://nightshift" in text and "local/nightshift" in services["bucket"]["entrypoint"][-1]
+    extras = re.search(r"pip install .*'\.\[([a-z0-9,]+)\]'", (ROOT / "Dockerfile").read_text()).group(1)
+    assert "s3" in extras.split(",")

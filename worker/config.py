@@ -24,6 +24,8 @@ class Settings:
 
     data_dir: Path = field(default=Path(".nightshift"), metadata={"help": "Datasets, models, outputs, SQLite file."})
     database_url: str = field(default="", metadata={"help": "SQLAlchemy URL; default a SQLite file in data_dir."})
+    storage_url: str = field(default="", metadata={"help": "Where datasets, checkpoints, models and outputs live for every host (an fsspec URL, e.g. s3://bucket/prefix); default: data_dir alone, for one machine or a shared disk."})
+    storage_options: str = field(default="", metadata={"help": "JSON of the storage's fsspec options, e.g. {\"endpoint_url\": \"http://minio:9000\"} for an S3-compatible server (credentials also from AWS_* variables)."})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Broker; `up` starts an embedded one when unset."})
     api_host: str = field(default="127.0.0.1", metadata={"help": "Address the API binds to."})
     api_port: int = field(default=8080, metadata={"help": "Port the API binds to."})

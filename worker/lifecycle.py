@@ -32,6 +32,7 @@ from db.services.leases import (
 from worker import state
 from worker.config import Settings
 from worker.errors import JobInterrupted, PermanentJobError, TransientJobError
+from worker.storage import Storage
 from worker.sweeper import backoff_seconds
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class JobContext:
         self.settings = settings
         self.lease = lease
         self.job = job
+        self.storage = Storage.from_settings(settings)
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self.time_up = threading.Event()

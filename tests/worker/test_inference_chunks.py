@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from pathlib import Path
 
 from worker.jobs.inference import (
     CHUNK_SECONDS,
@@ -32,6 +33,10 @@ def test_chunks_are_sized_to_take_about_chunk_seconds():
     assert sizes.next() == MAX_CHUNK_ROWS
 
 
+def _files(done: dict) -> list[Path]:
+    return [Path(done[index][0]) for index in sorted(done)]
+
+
 def _write(path, rows, **fields) -> str:
     path.write_text("".join(json.dumps({"row": row, **fields}) + "\n" for row in rows))
     return str(path)
@@ -49,14 +54,14 @@ def test_a_retry_merges_its_fixed_rows_into_the_earlier_predictions_in_row_order
     _write(tmp_path / "chunks" / "000001.errors.jsonl", [])
     done = {0: (first, 1, 1, 5), 1: (second, 1, 0, 9)}
 
-    predictions, errors = _assemble(tmp_path, done, base=base)
+    predictions, errors = _assemble(tmp_path, _files(done), base=base)
 
     lines = [json.loads(line) for line in predictions.open()]
     assert [(line["row"], line["label"]) for line in lines] == [
         (0, "old"), (1, "old"), (2, "new"), (3, "old"), (4, "old"), (6, "old"), (7, "old"), (8, "old"), (9, "new")]
     assert lines[7]["id"] == "r8"
     assert [json.loads(line)["row"] for line in errors.open()] == [5]
-    plain, _ = _assemble(tmp_path, done)  # no earlier job: the chunks alone, as before
+    plain, _ = _assemble(tmp_path, _files(done))  # no earlier job: the chunks alone, as before
     assert [json.loads(line)["row"] for line in plain.open()] == [2, 9]
 
 
@@ -72,7 +77,7 @@ def test_the_merge_streams_a_large_output(tmp_path):
         done[index] = (path, 10_000, 0, start + 19_998)
     tracemalloc.start()
     try:
-        predictions, _ = _assemble(tmp_path, done, base=base)
+        predictions, _ = _assemble(tmp_path, _files(done), base=base)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -18,34 +18,45 @@ def load_dataset_row(context: JobContext, dataset_id: int) -> Dataset:
         dataset = session.get(Dataset, dataset_id)
     if dataset is None or dataset.deleted_at is not None or dataset.tenant_id != context.job.tenant_id:
         raise PermanentJobError(f"dataset {dataset_id} no longer exists", code="dataset_missing")
-    if not Path(dataset.path).exists():
+    if not context.storage.exists(dataset.path):
         raise PermanentJobError(f"the file of dataset {dataset_id} is missing from storage", code="dataset_missing")
     return dataset
+
+
+def dataset_file(context: JobContext, dataset: Dataset) -> Path:
+    """Return the local path of a dataset's file, fetched from storage if this host lacks it."""
+    return context.storage.fetch(dataset.path)
+
+
+def fetch_model(context: JobContext, artifact: ModelArtifact) -> str:
+    """Return the local directory of a registered model, fetched from storage if this host lacks it."""
+    return str(context.storage.fetch(artifact.path))
 
 
 def resolve_model_path(context: JobContext, ref: str) -> tuple[str, ModelArtifact | None]:
     """Turn a model reference into something `from_pretrained` loads, plus its registry row."""
     with context.session_factory() as session:
         artifact = resolve_model(session, context.job.tenant_id, ref)
-        base = _adapter_base(session, context, artifact) if artifact is not None else None
+        path = fetch_model(context, artifact) if artifact is not None else None
+        base = _adapter_base(session, context, artifact, path) if artifact is not None else None
     if base is not None:
-        adapters.use_base(artifact.path, base)
+        adapters.use_base(path, base)
     if artifact is not None:
-        return artifact.path, artifact
+        return path, artifact
     try:
         return resolve_unregistered(ref, hub_enabled=context.settings.hub_enabled), None
     except ModelRefError as exc:
         raise PermanentJobError(exc.message, code=exc.code) from None
 
 
-def _adapter_base(session, context: JobContext, artifact: ModelArtifact) -> str | None:
+def _adapter_base(session, context: JobContext, artifact: ModelArtifact, path: str) -> str | None:
     """Return the path of a LoRA adapter's base model, resolved through the registry (None: not an adapter)."""
-    if not adapters.is_adapter(artifact.path):
+    if not adapters.is_adapter(path):
         return None
-    ref = adapters.adapter_record(artifact.path).get("base_model") or artifact.base_model
+    ref = adapters.adapter_record(path).get("base_model") or artifact.base_model
     base = resolve_model(session, context.job.tenant_id, ref)
     if base is not None:
-        return base.path
+        return fetch_model(context, base)
     try:
         return resolve_unregistered(ref, hub_enabled=context.settings.hub_enabled)
     except ModelRefError:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy.orm import Session
 
 from db.services.registry import record_evaluation
 from worker.errors import PermanentJobError
-from worker.jobs.common import headline_metrics, load_dataset_row, resolve_model_path
+from worker.jobs.common import dataset_file, headline_metrics, load_dataset_row, resolve_model_path
 from worker.lifecycle import Finalize, JobContext
 
 
@@ -27,7 +25,7 @@ def run(context: JobContext) -> Finalize:
     model_path, artifact = resolve_model_path(context, params.model)
     metrics = get_task(job.task).evaluate(
         model_path,
-        data_path=Path(dataset.path),
+        data_path=dataset_file(context, dataset),
         columns=dataset.columns_by_role,
         params=params,
         hooks=context,

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from db.services.registry import record_evaluation, register_model
-from worker.jobs.common import headline_metrics, job_dir, load_dataset_row, resolve_model_path
+from worker.jobs.common import dataset_file, headline_metrics, job_dir, load_dataset_row, resolve_model_path
 from worker.lifecycle import Finalize, JobContext
 from worker.ml.adapters import write_record
 
@@ -28,8 +28,8 @@ def run(context: JobContext) -> Finalize:
     outcome = get_task(job.task).finetune(
         params,
         base_model=base_path,
-        train_path=Path(train.path),
-        validation_path=Path(validation.path) if validation else None,
+        train_path=dataset_file(context, train),
+        validation_path=dataset_file(context, validation) if validation else None,
         columns=train.columns_by_role,
         output_dir=model_dir,
         checkpoint_dir=job_dir(context, "checkpoints"),
@@ -56,6 +56,8 @@ def register_trained(context: JobContext, params, *, task: str, model_dir: Path,
     """
     job = context.job
     adapter = outcome.get("adapter")  # a LoRA adapter's base, size and trainable share
+    tokenizer = tokenizer_summary(model_dir)
+    location = context.storage.publish(model_dir)  # stored before it is registered
 
     def finalize(session: Session) -> dict:
         artifact = register_model(
@@ -65,8 +67,8 @@ def register_trained(context: JobContext, params, *, task: str, model_dir: Path,
             task=task,
             base_model=adapter["base_model"] if adapter else (base_artifact.name if base_artifact else params.base_model),
             label_names=label_names,
-            tokenizer=tokenizer_summary(model_dir),
-            path=str(model_dir),
+            tokenizer=tokenizer,
+            path=location,
             source_job_id=job.id,
             metrics=headline_metrics(outcome["metrics"]) | ({"adapter": adapter} if adapter else {}),
         )
@@ -87,7 +89,7 @@ def register_trained(context: JobContext, params, *, task: str, model_dir: Path,
             "metrics": headline_metrics(outcome["metrics"]),
             "train": outcome["train"],
         } | ({"adapter": adapter} if adapter else {})
-        return {"result": result, "model_artifact_id": artifact.id, "output_path": str(model_dir)}
+        return {"result": result, "model_artifact_id": artifact.id, "output_path": location}
 
     return finalize
 

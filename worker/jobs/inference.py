@@ -86,15 +86,16 @@ def run(context: JobContext) -> Finalize:
         rows_done = _rows_in(done)
         context.progress(fraction=rows_done / max(total, 1), stage="predicting", done=rows_done, total=total)
     with clock("writing"):
-        predictions, errors = _assemble(out_dir, done, base=source.base_predictions)
+        predictions, errors = _assemble(out_dir, _chunk_files(context, done), base=source.base_predictions)
+        predictions, errors = context.storage.publish(predictions), context.storage.publish(errors)
     ok, failed = sum(c[1] for c in done.values()), sum(c[2] for c in done.values())
     summary = {
         "rows": dataset.row_count,
         "rows_ok": source.base_ok + ok,
         "rows_failed": failed,
         **source.retry_summary(ok, failed),
-        "predictions": str(predictions),
-        "errors": str(errors),
+        "predictions": predictions,
+        "errors": errors,
         "label_names": predictor.label_names,
         **(predictor.decision() if hasattr(predictor, "decision") else {}),  # a multi-label model's threshold
         "precision": predictor.precision,
@@ -102,7 +103,7 @@ def run(context: JobContext) -> Finalize:
         "peak_rss_mb": _peak_rss_mb(),
         "seconds": clock.seconds,  # this attempt's wall time per phase (reading rows counts in none)
     }
-    return lambda session: {"result": summary, "output_path": str(predictions)}
+    return lambda session: {"result": summary, "output_path": predictions}
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,13 @@ class _RowSource:
     @classmethod
     def for_job(cls, context: JobContext, retried_job_id: int | None, dataset: Dataset) -> _RowSource:
         """Return the job's rows; a retry of failed rows checks its earlier job is still usable."""
+        storage = context.storage
         if retried_job_id is None:
-            return cls(Path(dataset.path), dataset.row_count)
+            return cls(storage.fetch(dataset.path), dataset.row_count)
         earlier = _retried_job(context, retried_job_id, dataset)
-        source = cls(Path(dataset.path), int(earlier.result["rows_failed"]), retried_job_id,
-                     Path(earlier.output_path), int(earlier.result.get("rows_ok", 0)))
+        storage.fetch(storage.sibling(earlier.output_path, "errors.jsonl"))  # read beside its predictions
+        source = cls(storage.fetch(dataset.path), int(earlier.result["rows_failed"]), retried_job_id,
+                     storage.fetch(earlier.output_path), int(earlier.result.get("rows_ok", 0)))
         context.log(f"retrying the {source.total} failed rows of job {retried_job_id}")
         return source
 
@@ -150,7 +153,7 @@ def _retried_job(context: JobContext, job_id: int, dataset: Dataset) -> Job:
     if earlier.result.get("rows") != dataset.row_count:
         raise PermanentJobError(f"dataset {dataset.id} has {dataset.row_count} rows; job {job_id} ran over "
                                 f"{earlier.result.get('rows')}", code="row_count_mismatch")
-    if not Path(earlier.output_path).with_name("errors.jsonl").is_file():
+    if not context.storage.exists(context.storage.sibling(earlier.output_path, "errors.jsonl")):
         raise PermanentJobError(f"the errors file of job {job_id} is missing from storage", code="output_missing")
     return earlier
 
@@ -223,6 +226,8 @@ def _commit_chunk(context, out_dir: Path, index: int, chunk, results) -> tuple[s
     ids = {i: row.get("id") for i, row in chunk}
     ok_path = out_dir / "chunks" / f"{index:06d}.jsonl"
     ok, failed = _write_chunk_files(ok_path, results, ids)
+    context.storage.publish(_errors_of(ok_path))
+    location = context.storage.publish(ok_path)  # stored before the chunk counts
     try:
         with context.session_factory() as session, session.begin():
             if not fenced_update(session, context.lease):
@@ -230,12 +235,12 @@ def _commit_chunk(context, out_dir: Path, index: int, chunk, results) -> tuple[s
             session.add(
                 InferenceChunk(
                     job_id=context.job.id, chunk_index=index, start_row=chunk[0][0], end_row=chunk[-1][0],
-                    rows_ok=ok, rows_failed=failed, path=str(ok_path), epoch=context.lease.epoch,
+                    rows_ok=ok, rows_failed=failed, path=location, epoch=context.lease.epoch,
                 )
             )
     except IntegrityError as exc:
         raise JobInterrupted("another attempt already committed this chunk", code="lease_lost") from exc
-    return str(ok_path), ok, failed, chunk[-1][0]
+    return location, ok, failed, chunk[-1][0]
 
 
 def _write_chunk_files(ok_path: Path, results, ids) -> tuple[int, int]:
@@ -251,26 +256,44 @@ def _write_chunk_files(ok_path: Path, results, ids) -> tuple[int, int]:
             else:
                 out.write(json.dumps(result) + "\n")
                 ok += 1
-    os.replace(tmp_err, ok_path.with_suffix(".errors.jsonl"))
+    os.replace(tmp_err, _errors_of(ok_path))
     os.replace(tmp_ok, ok_path)
     return ok, failed
 
 
-def _assemble(out_dir: Path, done: dict, base: Path | None = None) -> tuple[Path, Path]:
+def _errors_of(chunk: Path) -> Path:
+    """The errors file written beside a chunk's predictions."""
+    return chunk.with_suffix(".errors.jsonl")
+
+
+def _chunk_files(context: JobContext, done: dict) -> list[Path]:
+    """The local paths of the committed chunks' prediction files, in order, each with its errors file beside it.
+
+    With a bucket for storage, the chunks an earlier attempt committed on another host are fetched.
+    """
+    storage = context.storage
+    files = []
+    for index in sorted(done):
+        location = done[index][0]
+        storage.fetch(storage.sibling(location, _errors_of(Path(location.rsplit("/", 1)[-1])).name))
+        files.append(storage.fetch(location))
+    return files
+
+
+def _assemble(out_dir: Path, chunks: list[Path], base: Path | None = None) -> tuple[Path, Path]:
     """Concatenate chunk files in order into predictions.jsonl and errors.jsonl.
 
     With `base` (an earlier job's predictions, in row order), its lines and the chunks' predictions
     (also in row order) are merged by row, holding one line of each at a time.
     """
     predictions, errors = out_dir / "predictions.jsonl", out_dir / "errors.jsonl"
-    chunks = [Path(done[index][0]) for index in sorted(done)]
     with open(predictions.with_suffix(".tmp"), "wb") as out, open(errors.with_suffix(".tmp"), "wb") as err:
         if base is None:
             out.writelines(_lines(chunks))
         else:
             with open(base, "rb") as earlier:
                 out.writelines(heapq.merge(earlier, _lines(chunks), key=_row_of))
-        err.writelines(_lines(path.with_suffix(".errors.jsonl") for path in chunks))
+        err.writelines(_lines(_errors_of(path) for path in chunks))
     os.replace(predictions.with_suffix(".tmp"), predictions)
     os.replace(errors.with_suffix(".tmp"), errors)
     return predictions, errors

@@ -30,17 +30,19 @@ def run(context: JobContext) -> Finalize:
     model_dir = job_dir(context, "models")
     size = adapters.merge_to(path, get_task(job.task).MODEL_CLASS, model_dir)
     context.log(f"merged model written: {size:,} bytes of weights (the adapter: {record.get('adapter_bytes', 0):,})")
+    tokenizer = tokenizer_summary(model_dir)
+    location = context.storage.publish(model_dir)  # stored before it is registered
 
     def finalize(session: Session) -> dict:
         merged = register_model(
             session, tenant_id=job.tenant_id, name=params.model_name or f"{artifact.name}-merged", task=artifact.task,
-            base_model=artifact.base_model, label_names=artifact.label_names, tokenizer=tokenizer_summary(model_dir),
-            path=str(model_dir), source_job_id=job.id,
+            base_model=artifact.base_model, label_names=artifact.label_names, tokenizer=tokenizer,
+            path=location, source_job_id=job.id,
             # The same function as the adapter's: its evaluation holds for the merged weights.
             metrics={key: value for key, value in artifact.metrics.items() if key != "adapter"} | {"merged_from": source},
         )
         result = {"model": f"{merged.name}:{merged.version}", "merged_from": source, "base_model": artifact.base_model,
                   "model_bytes": size, "adapter_bytes": record.get("adapter_bytes")}
-        return {"result": result, "model_artifact_id": merged.id, "output_path": str(model_dir)}
+        return {"result": result, "model_artifact_id": merged.id, "output_path": location}
 
     return finalize

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from worker.jobs.common import job_dir, load_dataset_row, resolve_model_path
+from worker.jobs.common import dataset_file, job_dir, load_dataset_row, resolve_model_path
 from worker.jobs.finetune import register_trained
 from worker.lifecycle import Finalize, JobContext
 
@@ -25,8 +23,8 @@ def run(context: JobContext) -> Finalize:
     outcome = pretrain(
         params,
         base_model=base_path,
-        train_path=Path(train.path),
-        validation_path=Path(validation.path) if validation else None,
+        train_path=dataset_file(context, train),
+        validation_path=dataset_file(context, validation) if validation else None,
         text_column=_text_column(params, train),
         validation_column=_text_column(params, validation) if validation else None,
         output_dir=model_dir,

@@ -33,8 +33,14 @@ def geometry(params: FinetuneParams, train_rows: int) -> dict:
 
 
 def prepare_checkpoints(checkpoint_dir: Path, geometry: dict, hooks: JobHooks) -> Path | None:
-    """Return the checkpoint to resume from, after dropping incomplete ones and checking geometry."""
+    """Return the checkpoint to resume from, after dropping incomplete ones and checking geometry.
+
+    With a bucket for storage, the complete checkpoints an attempt on another host stored there are
+    fetched first: a job resumes wherever it runs next.
+    """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if hooks.storage is not None and hooks.storage.remote:
+        pull_checkpoints(hooks.storage, checkpoint_dir, hooks)
     complete = []
     for path in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
         if checkpoint_step(path) is None or not path.is_dir():
@@ -62,6 +68,44 @@ def prepare_checkpoints(checkpoint_dir: Path, geometry: dict, hooks: JobHooks) -
     if resume is not None:
         hooks.log(f"resuming from {resume.name}")
     return resume
+
+
+def pull_checkpoints(storage, checkpoint_dir: Path, hooks: JobHooks) -> None:
+    """Fetch the complete checkpoints (and geometry) stored for this job that this host lacks."""
+    where = storage.location(checkpoint_dir)
+    for name in storage.list_dirs(where):
+        local = checkpoint_dir / name
+        if checkpoint_step(local) is None or (local / COMPLETE_MARKER).is_file():
+            continue
+        if not storage.exists(storage.join(where, name, COMPLETE_MARKER)):
+            continue  # an upload cut short: it never counted
+        storage.fetch(storage.join(where, name), last=(COMPLETE_MARKER,))
+        _point_state_here(local)
+        hooks.log(f"fetched {name} from storage")
+    if storage.exists(storage.join(where, GEOMETRY_FILE)):
+        storage.fetch(storage.join(where, GEOMETRY_FILE))
+
+
+def push_checkpoint(storage, checkpoint_dir: Path, path: Path) -> None:
+    """Store a complete checkpoint (its marker last) and drop stored ones the Trainer rotated away here."""
+    storage.publish(checkpoint_dir / GEOMETRY_FILE)
+    storage.publish(path, last=(COMPLETE_MARKER,))
+    where = storage.location(checkpoint_dir)
+    for name in storage.list_dirs(where):
+        if checkpoint_step(checkpoint_dir / name) is not None and not (checkpoint_dir / name).is_dir():
+            storage.delete(storage.join(where, name))
+
+
+def _point_state_here(checkpoint: Path) -> None:
+    """Make a fetched checkpoint's trainer state name its best checkpoint by this host's path."""
+    path = checkpoint / "trainer_state.json"
+    if not path.is_file():
+        return
+    state = json.loads(path.read_text())
+    best = state.get("best_model_checkpoint")
+    if best and Path(best).parent != checkpoint.parent:
+        state["best_model_checkpoint"] = str(checkpoint.parent / Path(best).name)
+        path.write_text(json.dumps(state, indent=2))
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -128,6 +172,8 @@ def job_callback(hooks: JobHooks, save_seconds: float):
             if path.is_dir():
                 hooks.checkpoint_saved(path, state.global_step)  # durable before the checkpoint counts
                 (path / COMPLETE_MARKER).touch()
+                if hooks.storage is not None and hooks.storage.remote:
+                    push_checkpoint(hooks.storage, Path(args.output_dir), path)
             self.last_save = time.monotonic()
 
     return JobCallback()

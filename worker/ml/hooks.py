@@ -7,10 +7,15 @@ in `worker/lifecycle.py` implements it with fenced writes. Tests pass `NullHooks
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from worker.storage import Storage
 
 
 class JobHooks(Protocol):
+    storage: Storage | None  # where checkpoints go beyond this host (None: the local disk only)
+
     def progress(
         self, *, fraction: float, stage: str, done: int | None = None, total: int | None = None
     ) -> None:
@@ -47,6 +52,7 @@ class NullHooks:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []
+        self.storage = None
 
     def progress(self, *, fraction, stage, done=None, total=None) -> None:
         self.events.append(("progress", (fraction, stage, done, total)))
