@@ -57,6 +57,15 @@ def kill_after_first_checkpoint(database, job_id: int) -> None:
     """
     import signal
 
+    owner = owner_after_first_checkpoint(database, job_id)
+    try:
+        os.kill(owner, signal.SIGKILL)
+    except ProcessLookupError:
+        raise AssertionError(f"job {job_id} ended before it could be killed: give it more steps") from None
+
+
+def owner_after_first_checkpoint(database, job_id: int) -> int:
+    """Wait (polling every 50 ms) until the running job has saved a checkpoint; return the pid holding its lease."""
     from sqlalchemy import select
 
     from db.models import Job, JobEvent
@@ -73,7 +82,4 @@ def kill_after_first_checkpoint(database, job_id: int) -> None:
 
     owner = wait_until(running_owner_after_a_checkpoint, timeout=180, interval=0.05,
                        message=f"job {job_id} saves its first checkpoint")
-    try:
-        os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
-    except ProcessLookupError:
-        raise AssertionError(f"job {job_id} ended before it could be killed: give it more steps") from None
+    return int(owner.rsplit(":", 1)[1])
