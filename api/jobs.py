@@ -70,10 +70,13 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
     session = db_session()
     datasets = _check_references(session, submission)
     deadline = _deadline(submission)
+    run_window = _run_window(submission)
     try:
         job, created = _create(session, submission, key, datasets)
         if created and deadline is not None:
             job.deadline = deadline
+        if created and run_window is not None:
+            job.run_window = run_window
         if created:  # its estimate, and a warning now if it cannot make its deadline behind the jobs ahead of it
             alive = services().settings.worker_stale_seconds
             check_deadline(session, job, starting_at=expected_start(session, job, alive_within_seconds=alive))
@@ -116,6 +119,24 @@ def _deadline(submission) -> datetime | None:
                            f"({earliest:%Y-%m-%d %H:%M:%S} UTC); give a later deadline or an earlier not_before",
                            code="deadline_passed", details={"field": "deadline"})
     return deadline
+
+
+PAUSABLE_KINDS = ("finetune", "pretrain", "batch_inference")  # what a paused attempt keeps: checkpoints, chunks
+
+
+def _run_window(submission) -> str | None:
+    """The window a job keeps to (pause_outside_window), or None; refused where it cannot pause."""
+    if not submission.pause_outside_window:
+        return None
+    name = submission.not_before
+    if not isinstance(name, str) or name[:1].isdigit():
+        raise InvalidInput("pause_outside_window: not_before must name a run window (e.g. nightly) for the job to "
+                           "pause when it closes", code="window_required", details={"field": "pause_outside_window"})
+    if submission.kind not in PAUSABLE_KINDS:
+        raise InvalidInput(f"pause_outside_window: {submission.kind} jobs have nothing to resume from and run to their "
+                           f"end; only {', '.join(PAUSABLE_KINDS)} jobs pause", code="cannot_pause",
+                           details={"field": "pause_outside_window", "kinds": list(PAUSABLE_KINDS)})
+    return name
 
 
 def start_time(not_before: datetime | str | None) -> datetime | None:
@@ -272,7 +293,7 @@ def _check_training_control(session: Session, params, task: str) -> None:
 def _check_lora(session: Session, params) -> None:
     """Refuse an adapter as the base of a LoRA fine-tune, and target modules the base model's family lacks."""
     artifact = resolve_model(session, tenant_id(), params.base_model)
-    if artifact is not None and _model_file(artifact.path, adapters.PEFT_CONFIG):
+    if artifact is not None and storage().exists(Storage.join(artifact.path, adapters.PEFT_CONFIG)):
         raise InvalidInput(
             f"params.base_model: model {artifact.name}:{artifact.version} is a LoRA adapter of {artifact.base_model}: "
             f"fine-tune from {artifact.base_model}, or from a full model (merge_adapter registers one)",

@@ -75,6 +75,11 @@ class _JobIn(_In):
     deadline: datetime | None = Field(
         default=None, description="When you need it done (ISO 8601; without a zone: UTC). A job that past jobs like "
                                   "it say cannot make it gets a warning event, at submission and at its start.")
+    pause_outside_window: bool = Field(
+        default=False, description="With not_before naming a run window: when the window closes mid-run, the job "
+                                   "checkpoints (a fine-tune or pretrain) or stops after its last committed chunk (batch "
+                                   "inference) and waits, scheduled, for the window to open again; otherwise it runs "
+                                   "to the end.")
     max_attempts: int | None = Field(default=None, ge=1, le=20, description="Default from settings.")
 
 
@@ -172,6 +177,8 @@ class JobOut(_Out):
     depends_on_id: int | None = Field(description="The job this step waits for (status waiting until it succeeds).")
     not_before: UtcDatetime | None = Field(description="It does not start before this time (a scheduled job).")
     deadline: UtcDatetime | None = Field(description="When it is needed by.")
+    run_window: str | None = Field(default=None, description="The run window it keeps to (pause_outside_window): it "
+                                                             "pauses when that window closes.")
     estimated_run_seconds: float | None = Field(
         description="How long it should run, from the measured throughput of past jobs like it (null: none yet).")
     expected_start_at: UtcDatetime | None = Field(

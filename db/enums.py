@@ -41,6 +41,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {
             JobStatus.RUNNING,
             JobStatus.QUEUED,
+            JobStatus.SCHEDULED,  # paused: its run window closed (pause_outside_window)
             JobStatus.SUCCEEDED,
             JobStatus.FAILED,
             JobStatus.CANCELLED,

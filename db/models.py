@@ -112,6 +112,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     not_before: Mapped[datetime | None] = mapped_column(DateTime)
     deadline: Mapped[datetime | None] = mapped_column(DateTime)  # when the user needs it done
+    # pause_outside_window: the named run window the job runs inside; when it closes mid-run the job
+    # checkpoints and goes back to `scheduled` until the window opens again.
+    run_window: Mapped[str | None] = mapped_column(String(64))
     # Measured on past jobs like it (db/services/estimates.py), at submission and again at its start.
     estimated_run_seconds: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

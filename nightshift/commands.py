@@ -182,6 +182,8 @@ def _submit_arguments(submit) -> None:
     submit.add_argument("--task", help="text-classification (default), token-classification, translation, ...")
     submit.add_argument("--priority", type=int, help="0 (low) to 9 (high); default 5")
     submit.add_argument("--not-before", help="do not start before this time (ISO 8601) or run window (e.g. nightly)")
+    submit.add_argument("--pause-outside-window", action="store_true",
+                        help="with --not-before WINDOW: checkpoint and wait when the window closes mid-run")
     submit.add_argument("--max-attempts", type=int)
     submit.add_argument("--idempotency-key", help="the same key returns the same job")
     submit.add_argument("--wait", action="store_true", help="print the job's events until it ends")
@@ -273,7 +275,8 @@ def cmd_submit(args) -> int:
 
 
 def job_spec(args) -> dict[str, Any]:
-    """Return the submission {kind, params, task?, priority?, max_attempts?, not_before?} from -f FILE and the flags."""
+    """Return the submission {kind, params, task?, priority?, max_attempts?, not_before?, pause_outside_window?} from
+    -f FILE and the flags."""
     spec = _job_file(args.file) if args.file else {}
     pairs = list(args.params)
     if args.kind and "=" in args.kind:  # `-f job.yaml epochs=3`: no kind, only parameters
@@ -288,6 +291,8 @@ def job_spec(args) -> dict[str, Any]:
     for field in ("task", "priority", "max_attempts", "not_before"):
         if getattr(args, field) is not None:
             spec[field] = getattr(args, field)
+    if args.pause_outside_window:
+        spec["pause_outside_window"] = True
     return spec
 
 

@@ -37,7 +37,7 @@ class Settings:
     lease_seconds: float = field(default=30.0, metadata={"help": "How long a job's lease lasts without a heartbeat."})
     heartbeat_seconds: float = field(default=5.0, metadata={"help": "Heartbeat period of a running job."})
     max_attempts: int = field(default=3, metadata={"help": "Attempts a job may use up: its process died, or it raised a transient error."})
-    run_windows: str = field(default="nightly=22:00-06:00", metadata={"help": "Named run windows a job's not_before may name: name=HH:MM-HH:MM, comma-separated, in NIGHTSHIFT_TIMEZONE (an end before the start runs past midnight)."})
+    run_windows: str = field(default="nightly=22:00-06:00", metadata={"help": "Named run windows a job's not_before may name: name=HH:MM-HH:MM (or HH:MM:SS), comma-separated, in NIGHTSHIFT_TIMEZONE (an end before the start runs past midnight)."})
     timezone: str = field(default="UTC", metadata={"help": "Time zone of the run windows (an IANA name, e.g. Europe/Paris)."})
     max_running_per_tenant: int = field(default=0, metadata={"help": "Jobs one tenant may run at once across all workers; its other jobs wait in line (0: no cap)."})
     max_interruptions: int = field(default=20, metadata={"help": "Attempts ended by a lost worker or host (not the job's fault) before the job fails."})

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ from db.enums import JobStatus
 from db.base import utcnow
 from db.models import Job
 from db.services.estimates import check_deadline
+from db.services.schedule import Window, parse_windows, window_closes, window_opens, zone
 from db.services.jobs import add_event
 from db.services.leases import (
     Lease,
     claim_next,
     fenced_update,
     finish_job,
+    pause_job,
     release_job,
     renew_lease,
     wake_next_in_line,
@@ -65,6 +68,7 @@ class JobContext:
         self._started = time.monotonic()
         self._last_renewed = self._started
         self._deadline = self._started + settings.time_limit_for(job.kind)
+        self._window, self._window_closes = _window_of(settings, job)
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
 
     # -- JobHooks -------------------------------------------------------------------------
@@ -93,6 +97,8 @@ class JobContext:
         reason = self.stop_requested()
         if reason == "shutdown":
             raise JobInterrupted("the worker is shutting down; the job goes back to the queue", code="shutdown")
+        if reason == "window_closed":
+            raise JobInterrupted(f"its run window {self._window} closed", code="window_closed")
         if reason == "time_limit":
             limit = self.settings.time_limit_for(self.job.kind)
             raise JobInterrupted(
@@ -106,6 +112,8 @@ class JobContext:
             return "shutdown"
         if self.time_up.is_set() or time.monotonic() >= self._deadline:
             return "time_limit"
+        if self._window_closes is not None and utcnow() >= self._window_closes:
+            return "window_closed"
         return None
 
     def checkpoint_saved(self, path: Path, step: int) -> None:
@@ -256,6 +264,8 @@ def _interrupted(context: JobContext, exc: JobInterrupted) -> str:
         return "cancelled"
     if exc.code == "time_limit":
         return _fail(context, "time_limit", exc.message)
+    if exc.code == "window_closed":
+        return _pause(context)
     if exc.code == "shutdown":
         with context.session_factory() as session, session.begin():
             release_job(session, context.lease, reason=exc.message, delay_seconds=0, code="shutdown",
@@ -263,6 +273,35 @@ def _interrupted(context: JobContext, exc: JobInterrupted) -> str:
         return "released"
     log.warning("job %s: %s", context.job.id, exc.message)
     return "lost"
+
+
+def _window_of(settings: Settings, job: Job) -> tuple[Window | None, datetime | None]:
+    """The run window a job keeps to and when its current opening closes (now, if it is closed now)."""
+    if not job.run_window:
+        return None, None
+    try:
+        window = parse_windows(settings.run_windows).get(job.run_window)
+        tz = zone(settings.timezone)
+    except ValueError as exc:
+        log.warning("job %s: run windows misconfigured (%s); it runs to its end", job.id, exc)
+        return None, None
+    if window is None:
+        log.warning("job %s: run window %r is no longer configured; it runs to its end", job.id, job.run_window)
+        return None, None
+    now = utcnow()
+    return window, window_closes(window, tz, now) or now
+
+
+def _pause(context: JobContext) -> str:
+    """The job's run window closed: back to `scheduled` until it opens again, keeping what this attempt saved."""
+    window = context._window
+    opens = window_opens(window, zone(context.settings.timezone), utcnow())
+    kept = "its committed chunks" if context.job.kind == "batch_inference" else "its last checkpoint"
+    reason = (f"its run window {window} closed: paused with {kept}; it resumes when the window opens again at "
+              f"{opens:%Y-%m-%d %H:%M:%S} UTC")
+    with context.session_factory() as session, session.begin():
+        paused = pause_job(session, context.lease, until=opens, reason=reason)
+    return "paused" if paused else "lost"
 
 
 def _fail(context: JobContext, code: str, message: str) -> str:

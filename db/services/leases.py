@@ -252,6 +252,29 @@ def release_job(
     return done
 
 
+def pause_job(session: Session, lease: Lease, *, until: datetime, reason: str) -> bool:
+    """Put a running job whose run window closed back to `scheduled` until `until` (its attempt refunded).
+
+    No message is written: the sweeper releases it when the window opens again (`release_due`), and the
+    next attempt resumes from what this one kept (a checkpoint, committed chunks).
+    """
+    check_transition(JobStatus.RUNNING, JobStatus.SCHEDULED)
+    done = fenced_update(
+        session,
+        lease,
+        status=JobStatus.SCHEDULED,
+        attempts=Job.attempts - 1,
+        lease_owner=None,
+        lease_expires_at=None,
+        not_before=until,
+        eta_seconds=None,
+    )
+    if done:
+        add_event(session, lease.job_id, "status", reason,
+                  data={"status": JobStatus.SCHEDULED.value, "not_before": until.isoformat()}, epoch=lease.epoch)
+    return done
+
+
 def expired_leases(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[Job]:
     """Return running jobs whose lease ran out (their worker died or stalled)."""
     now = now or utcnow()

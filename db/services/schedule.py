@@ -23,7 +23,7 @@ from db.enums import JobStatus
 from db.models import Job
 from db.services.jobs import add_event, enqueue, status_guard
 
-WINDOW = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+WINDOW = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*-\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,11 @@ class Window:
     end: time
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.start:%H:%M}-{self.end:%H:%M})"
+        return f"{self.name} ({_clock(self.start)}-{_clock(self.end)})"
+
+
+def _clock(moment: time) -> str:
+    return f"{moment:%H:%M:%S}" if moment.second else f"{moment:%H:%M}"
 
 
 def parse_windows(spec: str) -> dict[str, Window]:
@@ -44,10 +48,10 @@ def parse_windows(spec: str) -> dict[str, Window]:
         if not match:
             raise ValueError(f"run window {part.strip()!r} is not name=HH:MM-HH:MM (e.g. nightly=22:00-06:00)")
         name, *digits = match.groups()
-        h1, m1, h2, m2 = map(int, digits)
-        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        h1, m1, s1, h2, m2, s2 = (int(d or 0) for d in digits)
+        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59 or s1 > 59 or s2 > 59:
             raise ValueError(f"run window {part.strip()!r} has a time that is not on a 24-hour clock")
-        windows[name] = Window(name, time(h1, m1), time(h2, m2))
+        windows[name] = Window(name, time(h1, m1, s1), time(h2, m2, s2))
     return windows
 
 
@@ -60,16 +64,32 @@ def zone(name: str) -> ZoneInfo:
 
 def window_opens(window: Window, tz: ZoneInfo, now: datetime) -> datetime:
     """Return when `window` next lets a job start, as naive UTC: `now` itself if it is open now."""
+    opens, _closes = _occurrence(window, tz, now)
+    return now if opens is None else opens
+
+
+def window_closes(window: Window, tz: ZoneInfo, now: datetime) -> datetime | None:
+    """Return when the occurrence of `window` open at `now` closes, as naive UTC; None if it is closed now."""
+    opens, closes = _occurrence(window, tz, now)
+    return closes if opens is None else None
+
+
+def _occurrence(window: Window, tz: ZoneInfo, now: datetime) -> tuple[datetime | None, datetime]:
+    """(None, its close) if `window` is open at `now`, else (its next opening, that occurrence's close); naive UTC."""
     local = now.replace(tzinfo=UTC).astimezone(tz)
     for day in (-1, 0, 1):  # yesterday's window may still be open after midnight
         date = (local + timedelta(days=day)).date()
         opens = datetime.combine(date, window.start, tzinfo=tz)
         closes = datetime.combine(date + timedelta(days=1 if window.end <= window.start else 0), window.end, tzinfo=tz)
         if opens <= local < closes:
-            return now
+            return None, _utc(closes)
         if local < opens:
-            return opens.astimezone(UTC).replace(tzinfo=None)
+            return _utc(opens), _utc(closes)
     raise AssertionError("a daily window opens within a day")  # pragma: no cover
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def release_due(session: Session, now: datetime | None = None) -> int:

@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 
 from db.base import utcnow
 from db.models import Job, OutboxMessage
-from db.services.schedule import Window, parse_windows, release_due, window_opens
-from tests.api.helpers import API, assert_error, evaluate_body, submit
+from db.services.schedule import Window, parse_windows, release_due, window_closes, window_opens
+from tests.api.helpers import API, assert_error, evaluate_body, finetune_body, submit
 
 NIGHTLY = Window("nightly", time(22, 0), time(6, 0))
 
@@ -24,6 +24,23 @@ NIGHTLY = Window("nightly", time(22, 0), time(6, 0))
 ])
 def test_a_window_past_midnight_opens_tonight_or_is_open_now(now, opens):
     assert window_opens(NIGHTLY, ZoneInfo("UTC"), now) == opens
+
+
+@pytest.mark.parametrize(("now", "closes"), [
+    (datetime(2026, 11, 29, 23, 30), datetime(2026, 11, 30, 6, 0)),  # open tonight: closes tomorrow morning
+    (datetime(2026, 11, 30, 3, 0), datetime(2026, 11, 30, 6, 0)),  # after midnight: this morning
+    (datetime(2026, 11, 30, 6, 0), None),  # closed
+    (datetime(2026, 11, 29, 12, 0), None),
+])
+def test_a_window_open_now_says_when_it_closes(now, closes):
+    assert window_closes(NIGHTLY, ZoneInfo("UTC"), now) == closes
+
+
+def test_a_window_may_give_seconds():
+    window = parse_windows("soon=10:00:05-10:00:30")["soon"]
+    assert (window.start, window.end, str(window)) == (time(10, 0, 5), time(10, 0, 30), "soon (10:00:05-10:00:30)")
+    assert window_closes(window, ZoneInfo("UTC"), datetime(2026, 11, 29, 10, 0, 10)) == datetime(2026, 11, 29, 10, 0, 30)
+    assert window_opens(window, ZoneInfo("UTC"), datetime(2026, 11, 29, 10, 0, 30)) == datetime(2026, 11, 30, 10, 0, 5)
 
 
 def test_windows_are_read_in_their_time_zone():
@@ -92,3 +109,27 @@ def test_an_unknown_window_or_a_bad_time_is_422_listing_the_windows(app, client,
     assert error["details"]["field"] == "not_before"
     if code == "unknown_window":
         assert "nightly (22:00-06:00)" in error["message"] and error["details"]["windows"] == ["nightly"]
+
+
+def test_a_job_that_pauses_outside_its_window_records_the_window(client, auth, labelled, tiny_model):
+    job = submit(client, auth, {**finetune_body(labelled["id"], tiny_model), "not_before": "nightly",
+                                "pause_outside_window": True})
+    assert job["run_window"] == "nightly" and job["status"] in ("scheduled", "queued")
+    plain = submit(client, auth, {**finetune_body(labelled["id"], tiny_model), "not_before": "nightly"})
+    assert plain["run_window"] is None  # runs to its end once started
+
+
+@pytest.mark.parametrize(("kind", "not_before", "code", "says"), [
+    ("finetune", None, "window_required", "pause_outside_window: not_before must name a run window"),
+    ("finetune", "2030-01-01T22:00:00Z", "window_required", "not_before must name a run window"),
+    ("evaluate", "nightly", "cannot_pause", "evaluate jobs have nothing to resume from"),
+])
+def test_pausing_needs_a_window_and_a_job_that_can_resume(app, client, auth, labelled, tiny_model, kind, not_before,
+                                                          code, says):
+    body = finetune_body(labelled["id"], tiny_model) if kind == "finetune" else evaluate_body(labelled["id"], tiny_model)
+    response = client.post(f"{API}/jobs", headers=auth,
+                           json={**body, "not_before": not_before, "pause_outside_window": True})
+    error = assert_error(response, 422, code, says)
+    assert error["details"]["field"] == "pause_outside_window"
+    with app.extensions["nightshift"].session_factory() as session:
+        assert session.scalars(select(Job)).all() == []

@@ -62,6 +62,9 @@ def test_jobs_submit_from_flags(run, labelled, database):
     tonight = run("submit", "evaluate", "model=sentiment", f"dataset_id={labelled['id']}", "--not-before",
                   "2099-01-01T22:00:00Z", "--json").json()
     assert (tonight["status"], tonight["not_before"]) == ("scheduled", "2099-01-01T22:00:00Z")
+    keeps_to_it = run("submit", "batch_inference", "model=sentiment", f"dataset_id={labelled['id']}", "--not-before",
+                      "nightly", "--pause-outside-window", "--json").json()
+    assert keeps_to_it["run_window"] == "nightly"
 
 
 @pytest.mark.parametrize("suffix", ["yaml", "json"])

@@ -112,3 +112,62 @@ def test_an_attempt_that_lost_its_lease_writes_nothing(session_factory, job_id):
     assert run(session_factory, job_id, runner) == "lost"
     job = load(session_factory, job_id)
     assert job.status == "running" and job.epoch == 2 and job.finished_at is None
+
+
+def _window_around_now(seconds_left: float) -> str:
+    """A run window that opened a minute ago and closes `seconds_left` from now (UTC, to the second)."""
+    from datetime import timedelta
+
+    from db.base import utcnow
+
+    now = utcnow()
+    return f"soon={now - timedelta(minutes=1):%H:%M:%S}-{now + timedelta(seconds=seconds_left):%H:%M:%S}"
+
+
+def test_a_job_whose_window_closes_pauses_until_it_opens_again(session_factory, job_id):
+    from datetime import timedelta
+
+    from db.base import utcnow
+
+    settings = SETTINGS.with_overrides(run_windows=_window_around_now(2))
+    with session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(run_window="soon"))
+    checks = []
+
+    def runner(context):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a training loop: it checks between steps
+            context.check()
+            checks.append(1)
+            time.sleep(0.05)
+        raise AssertionError("the window never closed")
+
+    assert run_job(job_id, runner, session_factory=session_factory, settings=settings) == "paused"
+    job = load(session_factory, job_id)
+    assert (job.status, job.attempts, job.lease_owner, job.run_window) == ("scheduled", 0, None, "soon")
+    # It waits for the window's next opening: tomorrow, a minute (and a little) before now.
+    assert timedelta(hours=23, minutes=58) < job.not_before - utcnow() < timedelta(hours=24)
+    with session_factory() as session:
+        event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "status")
+                                .order_by(JobEvent.id.desc())).first()
+    assert event.message.startswith("its run window soon (") and "paused with its last checkpoint" in event.message
+    assert event.data["status"] == "scheduled" and len(checks) > 10
+
+
+def test_a_job_started_outside_its_window_pauses_at_once(session_factory, job_id):
+    settings = SETTINGS.with_overrides(run_windows=_window_around_now(-1))  # closed a second ago
+    with session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(run_window="soon"))
+
+    def runner(context):
+        context.check()
+        raise AssertionError("ran outside its window")
+
+    assert run_job(job_id, runner, session_factory=session_factory, settings=settings) == "paused"
+    assert load(session_factory, job_id).status == "scheduled"
+
+
+def test_a_job_without_a_window_ignores_the_windows(session_factory, job_id):
+    settings = SETTINGS.with_overrides(run_windows=_window_around_now(-1))
+    assert run_job(job_id, lambda context: context.check() or (lambda session: {}), session_factory=session_factory,
+                   settings=settings) == "succeeded"
