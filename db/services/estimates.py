@@ -35,11 +35,13 @@ class Estimate:
     work: float
     jobs: int  # past jobs measured
     same_model: bool
+    overhead: float = 0.0  # seconds a job spends besides its work: loading, speed probes, evaluating, saving
 
     def describe(self) -> str:
         like = "with the same model" if self.same_model else "of this kind on this queue"
-        return (f"{self.work:,.0f} {self.unit} at {self.rate:,.1f} {self.unit}/s (the median of {self.jobs} past "
-                f"job{'s' if self.jobs != 1 else ''} {like}): about {_duration(self.seconds)}")
+        fixed = f" plus {_duration(self.overhead)} to load and save" if self.overhead >= 1 else ""
+        return (f"{self.work:,.0f} {self.unit} at {self.rate:,.1f} {self.unit}/s{fixed} (the median of {self.jobs} "
+                f"past job{'s' if self.jobs != 1 else ''} {like}): about {_duration(self.seconds)}")
 
 
 def estimate(session: Session, job: Job) -> Estimate | None:
@@ -48,11 +50,12 @@ def estimate(session: Session, job: Job) -> Estimate | None:
     if not work:
         return None
     for same_model in (True, False):
-        rates = _past_rates(session, job, same_model)
-        if rates:
-            rate = statistics.median(rates)
+        measured = _past_rates(session, job, same_model)
+        if measured:
+            rate = statistics.median(rate for rate, _overhead in measured)
+            overhead = statistics.median(overhead for _rate, overhead in measured)
             unit = "samples" if job.kind in TRAINING_KINDS else "rows"
-            return Estimate(work / rate, rate, unit, work, len(rates), same_model)
+            return Estimate(overhead + work / rate, rate, unit, work, len(measured), same_model, overhead)
     return None
 
 
@@ -130,7 +133,8 @@ def _rows(session: Session, job_id: int, role: str) -> float | None:
                           .where(JobDataset.job_id == job_id, JobDataset.role == role))
 
 
-def _past_rates(session: Session, job: Job, same_model: bool) -> list[float]:
+def _past_rates(session: Session, job: Job, same_model: bool) -> list[tuple[float, float]]:
+    """(rate, overhead) of the last past jobs like `job`."""
     key = "base_model" if job.kind in TRAINING_KINDS else "model"
     # Only the columns a rate needs: this runs in every claim's transaction.
     past = session.execute(
@@ -143,23 +147,34 @@ def _past_rates(session: Session, job: Job, same_model: bool) -> list[float]:
     for other in past:
         if same_model and (other.params or {}).get(key) != (job.params or {}).get(key):
             continue
-        rate = _rate(other)
-        if rate:
-            rates.append(rate)
+        measured = _measure(other)
+        if measured:
+            rates.append(measured)
         if len(rates) == PAST_JOBS:
             break
     return rates
 
 
-def _rate(job) -> float | None:
-    """Rows or training samples per second of a finished job (a Job, or a row with its columns)."""
+def _measure(job) -> tuple[float, float] | None:
+    """(rate, overhead) of a finished job (a Job, or a row with its columns): rows or training samples per second
+    while it worked, and the seconds of its run besides that (loading the model, speed probes, evaluating,
+    saving), which do not grow with the work. Without a breakdown of its time, all of it counts as work."""
+    result = job.result or {}
+    run = (job.finished_at - job.started_at).total_seconds() if job.started_at and job.finished_at else None
     if job.kind in TRAINING_KINDS:
-        rate = ((job.result or {}).get("train") or {}).get("train_samples_per_second")
-        return float(rate) if rate and math.isfinite(rate) and rate > 0 else None
-    if not job.progress_total or job.started_at is None or job.finished_at is None:
+        train = result.get("train") or {}
+        rate, training = train.get("train_samples_per_second"), train.get("train_runtime_s")
+        if not rate or not math.isfinite(rate) or rate <= 0:
+            return None
+        overhead = max(run - training, 0.0) if run and training and math.isfinite(training) else 0.0
+        return float(rate), overhead
+    if not job.progress_total or not run or run <= 0:
         return None
-    seconds = (job.finished_at - job.started_at).total_seconds()
-    return job.progress_total / seconds if seconds > 0 else None
+    phases = result.get("seconds") or {}
+    working = float(phases.get("predicting") or 0) + float(phases.get("writing") or 0)
+    if 0 < working < run:
+        return job.progress_total / working, run - working
+    return job.progress_total / run, 0.0
 
 
 def _duration(seconds: float) -> str:

@@ -73,6 +73,26 @@ def test_a_fine_tune_is_estimated_from_training_samples_per_second(app, client, 
     assert job["estimated_run_seconds"] == pytest.approx(100 * 8 / 40.0)
 
 
+def test_the_time_a_job_spends_besides_its_work_is_estimated_apart(app, client, auth, labelled, unlabelled,
+                                                                   tiny_model):
+    """Loading, probes and saving do not grow with the work: a past job's overhead is added once, not scaled."""
+    past = submit(client, auth, finetune_body(labelled["id"], tiny_model, max_steps=10, batch_size=8))
+    finish(app, past["id"], rows=10, seconds=5,
+           result={"train": {"train_samples_per_second": 40.0, "train_runtime_s": 2.0}})  # 3 s besides training
+    job = submit(client, auth, finetune_body(labelled["id"], tiny_model, max_steps=100, batch_size=8))
+    assert job["estimated_run_seconds"] == pytest.approx(3.0 + 100 * 8 / 40.0)
+
+    batch = submit(client, auth, batch_body(unlabelled["id"], tiny_model))
+    finish(app, batch["id"], rows=300, seconds=10,
+           result={"seconds": {"loading model": 6.0, "predicting": 3.0, "writing": 1.0}})  # 75 rows/s while working
+    job = submit(client, auth, {**batch_body(unlabelled["id"], tiny_model), "deadline": in_minutes(0.05)})
+    rows = unlabelled["row_count"]
+    assert job["estimated_run_seconds"] == pytest.approx(6.0 + rows / 75.0)
+    [warning] = [e for e in client.get(f"{API}/jobs/{job['id']}/events", headers=auth).get_json()["items"]
+                 if e["level"] == "warning"]
+    assert f"{rows} rows at 75.0 rows/s plus 6 s to load and save (the median of 1 past job with" in warning["message"]
+
+
 @pytest.mark.parametrize(("fields", "says"), [
     ({"deadline": "2020-01-01T00:00:00Z"}, "deadline: 2020-01-01 00:00:00 UTC has passed"),
     ({"deadline": "2099-01-01T00:00:00Z", "not_before": "2099-01-02T00:00:00Z"},
