@@ -16,7 +16,7 @@ from db.models import ApiToken, Job
 from db.services.jobs import create_job
 from db.services.registry import record_evaluation, register_model
 from db.services.tenants import get_or_create_tenant
-from tests.api.helpers import API, evaluate_body, submit
+from tests.api.helpers import API, evaluate_body, finetune_body, submit
 from tests.conftest import make_token
 
 
@@ -102,6 +102,23 @@ def test_a_scheduled_job_shows_when_it_starts(client, auth, labelled, tiny_model
     assert f'data-job="{job["id"]}"' in page and "starts at 2099-01-01 22:00 UTC" in page
     assert "starts at 2099-01-01 22:00 UTC" in client.get(f"/jobs/{job['id']}").text
     assert f'data-job="{job["id"]}"' in client.get("/jobs/table?status=scheduled").text
+
+
+def test_a_paused_job_shows_when_it_resumes_and_its_window(app, client, auth, labelled, tiny_model):
+    from datetime import datetime
+
+    from sqlalchemy import update
+
+    from db.models import Job
+
+    job = submit(client, auth, {**finetune_body(labelled["id"], tiny_model), "not_before": "nightly",
+                                "pause_outside_window": True})
+    with app.extensions["nightshift"].session_factory.begin() as session:  # what a pause leaves in the row
+        session.execute(update(Job).where(Job.id == job["id"]).values(
+            status="scheduled", started_at=datetime(2099, 1, 1, 23), not_before=datetime(2099, 1, 2, 22)))
+    log_in(client, auth)
+    page = client.get(f"/jobs/{job['id']}").text
+    assert "paused: resumes at 2099-01-02 22:00 UTC (keeps to window 'nightly')" in page
 
 
 def test_jobs_page_pages_by_cursor(app, client, auth):
