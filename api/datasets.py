@@ -154,8 +154,10 @@ def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, 
         temporary.unlink(missing_ok=True)
     try:
         location = storage().publish(final)
+    finally:
         if storage().remote:
-            final.unlink()  # in the bucket now; the workers fetch it
+            final.unlink(missing_ok=True)  # in the bucket now (the workers fetch it), or the upload failed
+    try:
         session = db_session()
         columns = list(schema.columns.values())  # the input role first, the target role last
         dataset = Dataset(
@@ -168,9 +170,7 @@ def _store(upload, *, name: str, fmt: str, task: str | None, schema: RowSchema, 
         session.add(dataset)
         session.commit()
     except BaseException:
-        final.unlink(missing_ok=True)
-        if storage().remote:
-            storage().delete(storage().location(final))
+        storage().delete(location)
         raise
     return dataset
 

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from api.schemas import JOB_KINDS
 from db.errors import ServiceError
 from worker.ml.tasks import TASKS
+from worker.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def _csrf_error(exc: CSRFError):
         return error_response(400, "csrf_failed", f"{exc.description} Reload the page and submit the form again.")
+
+    @app.errorhandler(StorageUnavailable)
+    def _storage_unavailable(exc: StorageUnavailable):
+        log.warning("storage unavailable: %s", exc.message)
+        return error_response(503, exc.code, f"{exc.message}; nothing was changed: try again shortly")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -14,6 +14,7 @@ complete in the bucket only once its marker arrives, as it is on disk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,30 @@ from pathlib import Path
 from typing import IO
 
 from worker.config import Settings
+from worker.errors import TransientJobError
+
+
+class StorageUnavailable(TransientJobError):
+    """The bucket did not answer (or refused): a job retries after a backoff, the API answers 503."""
+
+    code = "storage_unavailable"
+
+
+def _reachable(method):
+    """Say which storage failed and why when the bucket errs; a missing file stays FileNotFoundError."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, StorageUnavailable, ValueError):
+            raise
+        except Exception as exc:
+            if not self.remote:
+                raise
+            raise StorageUnavailable(f"storage {self.url} failed: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 class Storage:
@@ -88,6 +113,7 @@ class Storage:
         return str(Path(location).with_name(name))
 
     # -- writing ------------------------------------------------------------------------------
+    @_reachable
     def publish(self, local: Path, *, last: Iterable[str] = ()) -> str:
         """Make a file or directory under the data dir durable; return its location.
 
@@ -113,6 +139,7 @@ class Storage:
         self.fs.invalidate_cache()
         return location
 
+    @_reachable
     def delete(self, location: str) -> None:
         """Remove a file or directory from storage (and this host's copy); gone already is fine."""
         local = self.local_path(location)
@@ -128,6 +155,7 @@ class Storage:
             self.fs.invalidate_cache()
 
     # -- reading ------------------------------------------------------------------------------
+    @_reachable
     def exists(self, location: str) -> bool:
         if not _is_url(location):
             return Path(location).exists()
@@ -135,6 +163,7 @@ class Storage:
         path = self._path(location)
         return self.fs.exists(path) or bool(self._listing(path))
 
+    @_reachable
     def fetch(self, location: str, *, last: Iterable[str] = ()) -> Path:
         """Return a local path holding `location`'s current content, downloading what this host lacks.
 
@@ -164,6 +193,7 @@ class Storage:
                     extra.unlink()
         return local
 
+    @_reachable
     def open(self, location: str, mode: str = "rb") -> IO:
         """Open a stored file for reading, where it is (no local copy)."""
         if not _is_url(location):
@@ -178,6 +208,7 @@ class Storage:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
             return {}
 
+    @_reachable
     def list_dirs(self, location: str) -> list[str]:
         """The names of the directories directly inside `location` (none if it does not exist)."""
         if not _is_url(location):

@@ -163,3 +163,50 @@ def test_stored_file_name_is_server_generated(client, auth, data_dir):
     [stored] = files_under(data_dir / "datasets")
     assert Path(stored).suffix == ".jsonl"
     assert len(Path(stored).stem) == 32 and int(Path(stored).stem, 16) >= 0
+
+
+def _app_with_storage(database_url, redis_url, data_dir, storage_url, storage_options):
+    from api import create_app
+
+    return create_app({"database_url": database_url, "redis_url": redis_url, "data_dir": str(data_dir),
+                       "storage_url": storage_url, "storage_options": storage_options, "TESTING": True})
+
+
+def test_with_a_bucket_an_upload_is_stored_there_and_deleted_from_there(database_url, redis_url, tmp_path, bucket):
+    from tests.conftest import make_token
+    from worker.storage import Storage
+
+    app = _app_with_storage(database_url, redis_url, tmp_path / "api", *bucket)
+    try:
+        client, auth = app.test_client(), make_token(app, "acme")
+        response = upload(client, auth, LABELLED_CSV, "reviews.csv", text_column="review", label_column="sentiment")
+        assert response.status_code == 201, response.get_data(as_text=True)
+        with app.extensions["nightshift"].session_factory() as session:
+            from db.models import Dataset
+
+            path = session.get(Dataset, response.get_json()["id"]).path
+        storage = Storage(bucket[0], json.loads(bucket[1]), tmp_path / "reader")
+        assert path.startswith(bucket[0] + "/datasets/") and storage.exists(path)
+        assert files_under(tmp_path / "api" / "datasets") == []  # the API host keeps no copy
+        assert client.delete(f"{API}/datasets/{response.get_json()['id']}", headers=auth).status_code == 204
+        assert not storage.exists(path)
+    finally:
+        app.extensions["nightshift"].engine.dispose()
+
+
+def test_an_unreachable_bucket_is_503_and_nothing_is_kept(database_url, redis_url, tmp_path):
+    from nightshift.stack import free_port
+    from tests.conftest import make_token
+
+    options = json.dumps({"endpoint_url": f"http://127.0.0.1:{free_port()}", "key": "k", "secret": "s",
+                          "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})
+    app = _app_with_storage(database_url, redis_url, tmp_path / "api", "s3://nowhere/data", options)
+    try:
+        client, auth = app.test_client(), make_token(app, "acme")
+        response = upload(client, auth, LABELLED_CSV, "reviews.csv", text_column="review", label_column="sentiment")
+        error = assert_error(response, 503, "storage_unavailable", "storage s3://nowhere/data failed",
+                             "nothing was changed: try again shortly")
+        assert error["details"] == {}
+        assert dataset_ids(client, auth) == [] and files_under(tmp_path / "api" / "datasets") == []
+    finally:
+        app.extensions["nightshift"].engine.dispose()

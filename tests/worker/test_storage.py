@@ -117,3 +117,24 @@ def test_a_checkpoint_stored_on_one_host_resumes_on_another(hosts):
     assert b.list_dirs(b.location(there)) == ["checkpoint-12"]
     with pytest.raises(Exception, match="geometry changed"):
         prepare_checkpoints(a.data_dir / "checkpoints" / "job-3", {"batch_size": 16, "train_rows": 100}, hooks_a)
+
+
+def test_a_bucket_that_does_not_answer_is_a_transient_error_that_names_it(tmp_path):
+    from worker.errors import TransientJobError
+    from worker.storage import StorageUnavailable
+
+    from nightshift.stack import free_port
+
+    options = {"endpoint_url": f"http://127.0.0.1:{free_port()}", "key": "k", "secret": "s",
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    storage = Storage("s3://nowhere/data", options, tmp_path)
+    with pytest.raises(StorageUnavailable, match="storage s3://nowhere/data failed") as failed:
+        storage.exists("s3://nowhere/data/datasets/a.jsonl")
+    assert isinstance(failed.value, TransientJobError)  # a job retries after a backoff
+
+
+def test_a_missing_stored_file_is_file_not_found(hosts):
+    a, _b = hosts
+    with pytest.raises(FileNotFoundError):
+        a.fetch(f"{a.url}/models/job-404")
+    assert a.read_json(f"{a.url}/models/job-404/config.json") == {}

@@ -30,7 +30,11 @@ def dataset_file(context: JobContext, dataset: Dataset) -> Path:
 
 def fetch_model(context: JobContext, artifact: ModelArtifact) -> str:
     """Return the local directory of a registered model, fetched from storage if this host lacks it."""
-    return str(context.storage.fetch(artifact.path))
+    try:
+        return str(context.storage.fetch(artifact.path))
+    except FileNotFoundError:
+        raise PermanentJobError(f"the files of model {artifact.name}:{artifact.version} are missing from storage "
+                                f"({artifact.path}); register it again", code="model_missing") from None
 
 
 def resolve_model_path(context: JobContext, ref: str) -> tuple[str, ModelArtifact | None]:
