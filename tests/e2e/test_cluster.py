@@ -267,3 +267,11 @@ def test_deleting_a_dataset_removes_it_from_the_bucket(cluster, made_on_w2, tmp_
     assert cluster.storage.exists(path)
     cluster.client.request("DELETE", f"/datasets/{data['id']}")
     assert not cluster.storage.exists(path)
+
+
+def test_both_hosts_announce_themselves(cluster, made_on_w2):
+    workers = {w["name"].split("@")[0]: w for w in cluster.client.workers()}
+    assert {"w1", "w2"} <= set(workers)
+    for worker in (workers["w1"], workers["w2"]):
+        assert worker["host"] and sorted(worker["queues"]) == ["cpu", "gpu"] and worker["device"]["kind"] in ("cpu", "cuda")
+    assert workers["w2"]["alive"] and not workers["w1"]["alive"]  # w1 was stopped for the last jobs
