@@ -182,9 +182,11 @@ class JobOut(_Out):
     estimated_run_seconds: float | None = Field(
         description="How long it should run, from the measured throughput of past jobs like it (null: none yet).")
     expected_start_at: UtcDatetime | None = Field(
-        default=None, description="POST and GET /jobs/{id} of a queued job: when it should start, from the time left "
-                                  "on its queue's running jobs and the estimates of the jobs ahead of it, shared among "
-                                  "the queue's live workers (null when one of those is unknown).")
+        default=None, description="POST and GET /jobs/{id} of a queued or scheduled job: when it should start, from the "
+                                  "time left on its queue's running jobs and the estimates of the jobs ahead of it "
+                                  "(for a scheduled job, no earlier than not_before, behind the jobs ahead of it "
+                                  "released by then), shared among the queue's live workers (null when one of those "
+                                  "is unknown).")
     expected_finish_at: UtcDatetime | None = Field(
         default=None, description="expected_start_at (else its start, or the earliest it can start) plus "
                                   "estimated_run_seconds.")

@@ -88,12 +88,18 @@ def expected_finish(job: Job, start: datetime | None = None) -> datetime | None:
 
 
 def expected_start(session: Session, job: Job, *, alive_within_seconds: float) -> datetime | None:
-    """When a queued job should start: the work left on its queue ahead of it (the running jobs' remaining time,
-    the estimates of the queued jobs of its kind ahead in line) shared among the live workers of the queue.
+    """When a queued or scheduled job should start: the work left on its queue ahead of it (the running jobs'
+    remaining time, the estimates of the queued jobs of its kind ahead in line) shared among the live workers
+    of the queue.
 
-    None unless the job is queued, a live worker takes its queue and every job counted has an estimate.
+    A scheduled job's start is simulated: from when the workers are free of the work queued now, each free
+    worker takes the job first in line among those already released (queued now, or scheduled by then),
+    so jobs released before it may start first and those released with it start by priority, then age.
+
+    None unless the job is queued or scheduled, a live worker takes its queue and every job counted has an
+    estimate.
     """
-    if job.status != JobStatus.QUEUED:
+    if job.status not in (JobStatus.QUEUED, JobStatus.SCHEDULED):
         return None
     now = utcnow()
     workers = sum(job.queue in (worker.queues or []) for worker in session.scalars(
@@ -108,12 +114,49 @@ def expected_start(session: Session, job: Job, *, alive_within_seconds: float) -
             left += max(running.estimated_run_seconds - (now - running.started_at).total_seconds(), 0.0)
         else:
             return None
-    ahead = session.scalars(select(Job.estimated_run_seconds).where(
-        Job.queue == job.queue, Job.kind == job.kind, Job.status == JobStatus.QUEUED, Job.id != job.id,
-        or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id)))).all()
-    if any(seconds is None for seconds in ahead):
+    same_line = and_(Job.queue == job.queue, Job.kind == job.kind, Job.id != job.id)
+    ahead_of_it = or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id))
+    if job.status == JobStatus.QUEUED:
+        ahead = session.scalars(select(Job.estimated_run_seconds).where(
+            same_line, ahead_of_it, Job.status == JobStatus.QUEUED)).all()
+        if any(seconds is None for seconds in ahead):
+            return None
+        return now + timedelta(seconds=(left + sum(ahead)) / workers)
+    others = session.execute(select(Job.id, Job.priority, Job.not_before, Job.estimated_run_seconds).where(
+        same_line, or_(Job.status == JobStatus.QUEUED,
+                       and_(Job.status == JobStatus.SCHEDULED, Job.not_before <= job.not_before)))
+        .order_by(Job.id).limit(SIMULATED_JOBS + 1)).all()
+    if len(others) > SIMULATED_JOBS or any(other.estimated_run_seconds is None for other in others):
         return None
-    return now + timedelta(seconds=(left + sum(ahead)) / workers)
+    return _simulated_start(job, others, free_at=now + timedelta(seconds=left / workers), workers=workers, now=now)
+
+
+SIMULATED_JOBS = 500  # beyond this many jobs in line, a scheduled job's start is not simulated (None)
+
+
+def _simulated_start(job: Job, others, *, free_at: datetime, workers: int, now: datetime) -> datetime:
+    """The start of scheduled `job` among `others` (id, priority, not_before, estimated_run_seconds) on `workers`
+    workers all free at `free_at`: each free worker takes the released job first in line."""
+    import heapq
+
+    pending = sorted([(max(o.not_before or now, now), -o.priority, o.id, o.estimated_run_seconds) for o in others]
+                     + [(job.not_before, -job.priority, job.id, None)])
+    free = [free_at] * workers
+    released: list[tuple[int, int, float | None]] = []
+    i, clock = 0, free_at
+    while True:
+        moment = max(heapq.heappop(free), clock)  # a worker free earlier sat idle until now
+        if not released and i < len(pending):
+            moment = max(moment, pending[i][0])  # idle until the next release
+        clock = moment
+        while i < len(pending) and pending[i][0] <= moment:
+            _, priority, job_id, seconds = pending[i]
+            heapq.heappush(released, (priority, job_id, seconds))
+            i += 1
+        _, job_id, seconds = heapq.heappop(released)
+        if job_id == job.id:
+            return moment
+        heapq.heappush(free, moment + timedelta(seconds=seconds))
 
 
 def _work(session: Session, job: Job) -> float | None:
@@ -158,7 +201,8 @@ def _past_rates(session: Session, job: Job, same_model: bool) -> list[tuple[floa
 def _measure(job) -> tuple[float, float] | None:
     """(rate, overhead) of a finished job (a Job, or a row with its columns): rows or training samples per second
     while it worked, and the seconds of its run besides that (loading the model, speed probes, evaluating,
-    saving), which do not grow with the work. Without a breakdown of its time, all of it counts as work."""
+    saving), which do not grow with the work. Speed probes (`tuning`: once per machine and model shape) count
+    as neither. Without a breakdown of its time, all of it counts as work."""
     result = job.result or {}
     run = (job.finished_at - job.started_at).total_seconds() if job.started_at and job.finished_at else None
     if job.kind in TRAINING_KINDS:
@@ -166,15 +210,17 @@ def _measure(job) -> tuple[float, float] | None:
         rate, training = train.get("train_samples_per_second"), train.get("train_runtime_s")
         if not rate or not math.isfinite(rate) or rate <= 0:
             return None
-        overhead = max(run - training, 0.0) if run and training and math.isfinite(training) else 0.0
+        probing = float(train.get("tuning_s") or 0.0)
+        overhead = max(run - training - probing, 0.0) if run and training and math.isfinite(training) else 0.0
         return float(rate), overhead
     if not job.progress_total or not run or run <= 0:
         return None
     phases = result.get("seconds") or {}
     working = float(phases.get("predicting") or 0) + float(phases.get("writing") or 0)
+    probing = float(phases.get("tuning") or 0)
     if 0 < working < run:
-        return job.progress_total / working, run - working
-    return job.progress_total / run, 0.0
+        return job.progress_total / working, max(run - working - probing, 0.0)
+    return job.progress_total / max(run - probing, 1e-3), 0.0
 
 
 def _duration(seconds: float) -> str:

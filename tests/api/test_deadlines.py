@@ -92,6 +92,19 @@ def test_the_time_a_job_spends_besides_its_work_is_estimated_apart(app, client, 
                  if e["level"] == "warning"]
     assert f"{rows} rows at 75.0 rows/s plus 6 s to load and save (the median of 1 past job with" in warning["message"]
 
+    # A job that measured the machine's speed first (once per machine and model) does not teach the estimate
+    # that every job spends that time.
+    probing = submit(client, auth, batch_body(unlabelled["id"], tiny_model))
+    finish(app, probing["id"], rows=300, seconds=30,
+           result={"seconds": {"loading model": 6.0, "tuning": 20.0, "predicting": 3.0, "writing": 1.0}})
+    tuned = submit(client, auth, finetune_body(labelled["id"], tiny_model, max_steps=10, batch_size=8))
+    finish(app, tuned["id"], rows=10, seconds=25, result={"train": {"train_samples_per_second": 40.0,
+                                                                    "train_runtime_s": 2.0, "tuning_s": 20.0}})
+    assert submit(client, auth, batch_body(unlabelled["id"], tiny_model))["estimated_run_seconds"] == pytest.approx(
+        6.0 + rows / 75.0)
+    assert submit(client, auth, finetune_body(labelled["id"], tiny_model, max_steps=100, batch_size=8))[
+        "estimated_run_seconds"] == pytest.approx(3.0 + 100 * 8 / 40.0)
+
 
 @pytest.mark.parametrize(("fields", "says"), [
     ({"deadline": "2020-01-01T00:00:00Z"}, "deadline: 2020-01-01 00:00:00 UTC has passed"),
@@ -127,3 +140,28 @@ def test_a_queued_job_expects_to_start_when_the_work_ahead_is_shared_among_live_
         record_heartbeat(session, "gpu@b", "b", 2, ["cpu", "gpu"], {"kind": "cpu"})
     job = client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()
     assert 65 < (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds() <= 75
+
+
+def test_a_scheduled_job_expects_to_start_at_its_time_behind_the_jobs_released_with_it(app, client, auth, labelled,
+                                                                                      tiny_model):
+    from db.services.workers import record_heartbeat
+
+    tonight = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    urgent, bulk, later = (submit(client, auth, {**evaluate_body(labelled["id"], tiny_model), "priority": priority,
+                                                 "not_before": when.isoformat()})
+                           for priority, when in ((9, tonight), (3, tonight), (9, tonight + timedelta(hours=1))))
+    factory = app.extensions["nightshift"].session_factory
+    with factory.begin() as session:
+        session.execute(update(Job).where(Job.id.in_([urgent["id"], bulk["id"], later["id"]]))
+                        .values(estimated_run_seconds=600.0))
+        record_heartbeat(session, "gpu@a", "a", 1, ["gpu"], {"kind": "cpu"})
+
+    def start(job) -> datetime:
+        return datetime.fromisoformat(client.get(f"{API}/jobs/{job['id']}", headers=auth).get_json()["expected_start_at"])
+
+    assert start(urgent) == tonight  # first in line when its window opens
+    assert start(bulk) == tonight + timedelta(seconds=600)  # behind the urgent one released with it
+    assert start(later) == tonight + timedelta(hours=1)  # released later, after both are done
+    with factory.begin() as session:
+        record_heartbeat(session, "gpu@b", "b", 2, ["gpu"], {"kind": "cpu"})
+    assert start(bulk) == tonight  # a second worker takes it as the window opens

@@ -166,18 +166,31 @@ def _failed_rows(errors: Path) -> Iterator[int]:
 
 
 class _Phases:
-    """Wall-clock seconds spent per phase of the job, summed over its chunks: where a slow job's time went."""
+    """Wall-clock seconds spent per phase of the job, summed over its chunks: where a slow job's time went.
+
+    Speed probes run inside a phase (the first job of a model on a machine measures its precision and batch
+    sizes) count as "tuning", not as that phase: later jobs will not spend them, and estimates of those
+    jobs are made from the phases.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
-        started = time.perf_counter()
+        from worker.ml import tuning
+
+        started, measured = time.perf_counter(), tuning.measuring_seconds()
         try:
             yield
         finally:
-            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
+            probing = tuning.measuring_seconds() - measured
+            self._add(phase, time.perf_counter() - started - probing)
+            if probing:
+                self._add("tuning", probing)
+
+    def _add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + seconds, 3)
 
 
 def _peak_rss_mb() -> float:

@@ -25,7 +25,7 @@ from worker.ml.checkpoints import (
     prepare_checkpoints,
     summary_from_state,
 )
-from worker.ml import adapters, stopping
+from worker.ml import adapters, stopping, tuning
 from worker.ml.device import choose_training_precision, pick_device, resolve_precision
 from worker.ml.hooks import JobHooks
 from worker.ml.layers import apply_freezing, layer_decay_optimizer
@@ -77,6 +77,7 @@ def fit(
     its main metric first: early stopping watches one of them.
     """
     watch = stopping.watched_metric(params, eval_metrics)
+    measured_before = tuning.measuring_seconds()
     device = pick_device()
     precision = resolve_precision(params.precision, device)
     resume = prepare_checkpoints(checkpoint_dir, geometry(params, train_rows), hooks)
@@ -124,6 +125,7 @@ def fit(
             model = adapters.merged(model)
             hooks.log("LoRA adapter merged into the base model: a full model is registered")
     summary |= {
+        "tuning_s": round(tuning.measuring_seconds() - measured_before, 3),  # speed probes: once per machine
         "resumed_from_step": checkpoint_step(resume) if resume else None,
         "train_rows": train_rows,
         "device": device,

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _remembered: dict[str, dict] = {}
 _directory: Path | None = None
+_measuring_seconds = 0.0  # spent on probes in this process: once per machine and model shape, not per job
 
 # Candidate token budgets, doubling; the probe stops once SLOWER_IN_A_ROW of them in a row are
 # clearly slower than the best so far.
@@ -43,6 +44,11 @@ def configure(directory: Path | str | None) -> None:
     _directory = Path(directory) if directory is not None else None
 
 
+def measuring_seconds() -> float:
+    """Seconds this process has spent measuring so far (a job reports the difference: time it will not spend again)."""
+    return _measuring_seconds
+
+
 def reset() -> None:
     """Forget what this process measured (tests)."""
     _remembered.clear()
@@ -57,7 +63,12 @@ def remembered(what: str, key: dict, measure: Callable[[], dict]) -> dict:
     path = _directory / f"{what}-{digest}.json" if _directory is not None else None
     value = _read(path) if path is not None else None
     if value is None:
-        value = measure()
+        global _measuring_seconds
+        started = time.perf_counter()
+        try:
+            value = measure()
+        finally:
+            _measuring_seconds += time.perf_counter() - started
         if path is not None:
             _write(path, {"key": full_key, "value": value, "measured_at": time.time()})
     _remembered[digest] = value
