@@ -58,8 +58,9 @@ def submit():
 def _job_with_place(job: Job) -> dict:
     """The job as JSON with its place in its queue and when it should start."""
     session = db_session()
+    settings = services().settings
     return job_out(job, queue_position=queue_position(session, job), expected_start=expected_start(
-        session, job, alive_within_seconds=services().settings.worker_stale_seconds))
+        session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
 
 
 def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
@@ -78,8 +79,9 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
         if created and run_window is not None:
             job.run_window = run_window
         if created:  # its estimate, and a warning now if it cannot make its deadline behind the jobs ahead of it
-            alive = services().settings.worker_stale_seconds
-            check_deadline(session, job, starting_at=expected_start(session, job, alive_within_seconds=alive))
+            settings = services().settings
+            check_deadline(session, job, starting_at=expected_start(
+                session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()

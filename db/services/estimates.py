@@ -87,14 +87,15 @@ def expected_finish(job: Job, start: datetime | None = None) -> datetime | None:
     return start + timedelta(seconds=job.estimated_run_seconds)
 
 
-def expected_start(session: Session, job: Job, *, alive_within_seconds: float) -> datetime | None:
+def expected_start(session: Session, job: Job, *, alive_within_seconds: float, cap: int = 0) -> datetime | None:
     """When a queued or scheduled job should start: the work left on its queue ahead of it (the running jobs'
     remaining time, the estimates of the queued jobs of its kind ahead in line) shared among the live workers
     of the queue.
 
-    A scheduled job's start is simulated: from when the workers are free of the work queued now, each free
-    worker takes the job first in line among those already released (queued now, or scheduled by then),
-    so jobs released before it may start first and those released with it start by priority, then age.
+    A scheduled job's start is simulated: each free worker takes the job first in line among those already
+    released (queued now, or scheduled by then) whose tenant runs fewer than `cap` jobs (the per-tenant cap,
+    0: none), so jobs released before it may start first and those released with it start by priority, then
+    age.
 
     None unless the job is queued or scheduled, a live worker takes its queue and every job counted has an
     estimate.
@@ -106,57 +107,77 @@ def expected_start(session: Session, job: Job, *, alive_within_seconds: float) -
         select(Worker).where(Worker.last_seen_at >= now - timedelta(seconds=alive_within_seconds))))
     if not workers:
         return None
-    left = 0.0
-    for running in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.queue == job.queue)):
-        if running.eta_seconds is not None:
-            left += running.eta_seconds
-        elif running.estimated_run_seconds is not None and running.started_at is not None:
-            left += max(running.estimated_run_seconds - (now - running.started_at).total_seconds(), 0.0)
+    running = []  # (seconds left, tenant)
+    for other in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.queue == job.queue)):
+        if other.eta_seconds is not None:
+            running.append((other.eta_seconds, other.tenant_id))
+        elif other.estimated_run_seconds is not None and other.started_at is not None:
+            running.append((max(other.estimated_run_seconds - (now - other.started_at).total_seconds(), 0.0),
+                            other.tenant_id))
         else:
             return None
     same_line = and_(Job.queue == job.queue, Job.kind == job.kind, Job.id != job.id)
-    ahead_of_it = or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id))
     if job.status == JobStatus.QUEUED:
         ahead = session.scalars(select(Job.estimated_run_seconds).where(
-            same_line, ahead_of_it, Job.status == JobStatus.QUEUED)).all()
+            same_line, Job.status == JobStatus.QUEUED,
+            or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id)))).all()
         if any(seconds is None for seconds in ahead):
             return None
-        return now + timedelta(seconds=(left + sum(ahead)) / workers)
-    others = session.execute(select(Job.id, Job.priority, Job.not_before, Job.estimated_run_seconds).where(
-        same_line, or_(Job.status == JobStatus.QUEUED,
-                       and_(Job.status == JobStatus.SCHEDULED, Job.not_before <= job.not_before)))
-        .order_by(Job.id).limit(SIMULATED_JOBS + 1)).all()
+        return now + timedelta(seconds=(sum(left for left, _ in running) + sum(ahead)) / workers)
+    others = session.execute(select(Job.id, Job.tenant_id, Job.priority, Job.not_before, Job.estimated_run_seconds)
+                             .where(same_line, or_(Job.status == JobStatus.QUEUED,
+                                                   and_(Job.status == JobStatus.SCHEDULED,
+                                                        Job.not_before <= job.not_before)))
+                             .order_by(Job.id).limit(SIMULATED_JOBS + 1)).all()
     if len(others) > SIMULATED_JOBS or any(other.estimated_run_seconds is None for other in others):
         return None
-    return _simulated_start(job, others, free_at=now + timedelta(seconds=left / workers), workers=workers, now=now)
+    return _simulated_start(job, others, running, workers=workers, cap=cap, now=now)
 
 
 SIMULATED_JOBS = 500  # beyond this many jobs in line, a scheduled job's start is not simulated (None)
 
 
-def _simulated_start(job: Job, others, *, free_at: datetime, workers: int, now: datetime) -> datetime:
-    """The start of scheduled `job` among `others` (id, priority, not_before, estimated_run_seconds) on `workers`
-    workers all free at `free_at`: each free worker takes the released job first in line."""
+def _simulated_start(job: Job, others, running: list[tuple[float, int]], *, workers: int, cap: int,
+                     now: datetime) -> datetime | None:
+    """The start of scheduled `job` among `others` (id, tenant_id, priority, not_before, estimated_run_seconds),
+    with `running` jobs (seconds left, tenant) on `workers` workers: at each moment, while a worker is free,
+    it takes the released job first in line (priority, then id) of a tenant under the cap."""
     import heapq
+    from collections import Counter
 
-    pending = sorted([(max(o.not_before or now, now), -o.priority, o.id, o.estimated_run_seconds) for o in others]
-                     + [(job.not_before, -job.priority, job.id, None)])
-    free = [free_at] * workers
-    released: list[tuple[int, int, float | None]] = []
-    i, clock = 0, free_at
+    pending = sorted([(max(o.not_before or now, now), -o.priority, o.id, o.tenant_id, o.estimated_run_seconds)
+                      for o in others] + [(job.not_before, -job.priority, job.id, job.tenant_id, 0.0)])
+    ends = [(now + timedelta(seconds=left), tenant) for left, tenant in running]
+    heapq.heapify(ends)
+    busy = Counter(tenant for _, tenant in ends)
+    free = max(workers - len(ends), 0)
+    released: list[tuple[int, int, int, float]] = []
+    moment, i = now, 0
     while True:
-        moment = max(heapq.heappop(free), clock)  # a worker free earlier sat idle until now
-        if not released and i < len(pending):
-            moment = max(moment, pending[i][0])  # idle until the next release
-        clock = moment
         while i < len(pending) and pending[i][0] <= moment:
-            _, priority, job_id, seconds = pending[i]
-            heapq.heappush(released, (priority, job_id, seconds))
+            _, priority, job_id, tenant, seconds = pending[i]
+            released.append((priority, job_id, tenant, seconds))
             i += 1
-        _, job_id, seconds = heapq.heappop(released)
-        if job_id == job.id:
-            return moment
-        heapq.heappush(free, moment + timedelta(seconds=seconds))
+        released.sort()
+        while free and released:
+            eligible = next((r for r in released if not cap or busy[r[2]] < cap), None)
+            if eligible is None:
+                break
+            released.remove(eligible)
+            _, job_id, tenant, seconds = eligible
+            if job_id == job.id:
+                return moment
+            heapq.heappush(ends, (moment + timedelta(seconds=seconds), tenant))
+            busy[tenant] += 1
+            free -= 1
+        upcoming = [t for t in (ends[0][0] if ends else None, pending[i][0] if i < len(pending) else None) if t]
+        if not upcoming:
+            return None  # held back for good (a cap no running job will free): no estimate
+        moment = max(min(upcoming), moment)
+        while ends and ends[0][0] <= moment:
+            _, tenant = heapq.heappop(ends)
+            busy[tenant] -= 1
+            free += 1
 
 
 def _work(session: Session, job: Job) -> float | None:

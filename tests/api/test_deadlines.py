@@ -165,3 +165,24 @@ def test_a_scheduled_job_expects_to_start_at_its_time_behind_the_jobs_released_w
     with factory.begin() as session:
         record_heartbeat(session, "gpu@b", "b", 2, ["gpu"], {"kind": "cpu"})
     assert start(bulk) == tonight  # a second worker takes it as the window opens
+
+
+def test_the_simulated_start_keeps_to_the_per_tenant_cap():
+    from collections import namedtuple
+
+    from db.services.estimates import _simulated_start
+
+    Row = namedtuple("Row", "id tenant_id priority not_before estimated_run_seconds")
+    now = datetime(2026, 11, 29, 12, 0)
+    tonight = datetime(2026, 11, 29, 22, 0)
+    bulk = [Row(i, 1, 3, tonight, 600.0) for i in (1, 2)]  # tenant 1's two jobs, released with ours
+    ours = Job(id=3, tenant_id=1, priority=3, not_before=tonight)
+    running = [(1800.0, 2)]  # tenant 2's job, half an hour left, on one of the two workers
+
+    assert _simulated_start(ours, bulk, running, workers=2, cap=0, now=now) == tonight + timedelta(seconds=600)
+    # One job at a time for tenant 1: its jobs run one after another, though a worker is free.
+    assert _simulated_start(ours, bulk, running, workers=2, cap=1, now=now) == tonight + timedelta(seconds=1200)
+    # Another tenant's job, released with them but of lower priority, takes the idle worker first.
+    other = Row(4, 2, 1, tonight, 600.0)
+    assert _simulated_start(Job(id=5, tenant_id=3, priority=0, not_before=tonight), [*bulk, other],
+                            [], workers=2, cap=1, now=now) == tonight + timedelta(seconds=600)
