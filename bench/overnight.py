@@ -7,7 +7,8 @@ restarted) to open --day-seconds later and last --window-seconds (standing for 2
 defaults one second is four minutes), and the tenants submit the night's work with `not_before: night`:
 
 - bulk: --bulk-jobs batch jobs of --docs sentences, priority 3, due by the window's end;
-- research: two fine-tunes, priority 5, due by the window's end, one of them `pause_outside_window`;
+- research: two fine-tunes, priority 5, due by the window's end; the second trains --long-epochs epochs with
+  `pause_outside_window` (if the window closes first it checkpoints and waits for the next night);
 - urgent: a batch job at priority 9 due a quarter into the window, and a fine-tune at priority 7.
 
 Prints, per tenant, the wait from the window's opening to each job's first start; deadline hits and misses
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=3000, help="sentences per batch job")
     parser.add_argument("--train-rows", type=int, default=400, help="rows per night fine-tune (one epoch)")
     parser.add_argument("--bulk-jobs", type=int, default=6)
+    parser.add_argument("--long-epochs", type=float, default=3.0, help="epochs of the fine-tune that pauses")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temporary data dir")
     args = parser.parse_args()
 
@@ -139,9 +141,9 @@ def _upload(clients, tmp: Path, rows, args) -> dict:
     return data
 
 
-def _finetune(base: str, dataset_id: int, name: str) -> dict:
-    return {"base_model": base, "train_dataset_id": dataset_id, "epochs": 1, "batch_size": 16, "max_length": 64,
-            "model_name": name, "validation_fraction": 0.1}
+def _finetune(base: str, dataset_id: int, name: str, epochs: float = 1.0) -> dict:
+    return {"base_model": base, "train_dataset_id": dataset_id, "epochs": epochs, "batch_size": 16, "max_length": 64,
+            "model_name": name, "validation_fraction": 0.1, "save_steps": 10}
 
 
 def _calibrate(clients, data, base) -> None:
@@ -168,7 +170,8 @@ def _plan(data, base, args, opens: datetime, closes: datetime) -> list[Planned]:
     plan += [Planned("research", "research fine-tune 1", "finetune",
                      _finetune(base, data["research"]["train"], "research-night"), 5, closes),
              Planned("research", "research fine-tune 2 (pauses)", "finetune",
-                     _finetune(base, data["research"]["train"], "research-night-2"), 5, closes, pause=True),
+                     _finetune(base, data["research"]["train"], "research-night-2", args.long_epochs), 5, closes,
+                     pause=True),
              Planned("urgent", "urgent batch", "batch_inference", batch("urgent"), 9, quarter),
              Planned("urgent", "urgent fine-tune", "finetune",
                      _finetune(base, data["urgent"]["train"], "urgent-night"), 7, closes)]
@@ -286,6 +289,7 @@ def _report(database, plan, opens: datetime, closes: datetime, sampler: _Sampler
                   f"({max(finite) * minutes:5.0f} min)  not started {len(values) - len(finite)}")
     print(f"\ndeadlines: {hits} met, {misses} missed; warned at submission: {warned} "
           f"({warned_right} of them did miss)")
+    _report_pauses(database, plan)
     if run_errors:
         print(f"run-time estimate at submission vs actual: median error {statistics.median(run_errors):+.0%}, "
               f"median |error| {statistics.median(abs(e) for e in run_errors):.0%} over {len(run_errors)} jobs")
@@ -302,6 +306,27 @@ def _report(database, plan, opens: datetime, closes: datetime, sampler: _Sampler
             print(f"utilisation inside the window: {worker} busy {share:.0%} of {len(inside)} samples")
         both = sum(len(busy) for busy in inside) / (2 * len(inside))
         print(f"utilisation inside the window: both workers {both:.0%}")
+
+
+def _report_pauses(database, plan) -> None:
+    """What each job that kept to the window did when it closed."""
+    from sqlalchemy import select
+
+    from db.models import Job, JobEvent
+
+    with database() as session:
+        for job in (j for j in plan if j.pause):
+            row = session.get(Job, job.response["id"])
+            paused = session.scalars(select(JobEvent.message).where(
+                JobEvent.job_id == row.id, JobEvent.message.contains("paused with"))).first()
+            saved = session.scalars(select(JobEvent.message).where(
+                JobEvent.job_id == row.id, JobEvent.message.startswith("checkpoint saved"))
+                .order_by(JobEvent.id.desc())).first()
+            if paused:
+                print(f"{job.name}: paused when the window closed, {saved} of {row.progress_total}; resumes from it "
+                      f"at {row.not_before:%Y-%m-%d %H:%M:%S} UTC, the window's next opening")
+            else:
+                print(f"{job.name}: {row.status} inside the window, no pause needed")
 
 
 def _f(value) -> str:
