@@ -102,3 +102,37 @@ def test_a_fine_tune_pauses_when_its_window_closes_and_resumes_from_its_checkpoi
 
     cancelled = client.cancel(job["id"])
     assert cancelled["status"] == "cancelled"
+
+
+def test_a_batch_job_pauses_after_its_committed_chunks_and_resumes_with_every_row_once(system, tmp_path, tiny_model):
+    from db.models import InferenceChunk
+
+    stack, client, database = system
+    rows = 60_000
+    data = client.upload_dataset(write_reviews(tmp_path / "docs.csv", rows, seed=2, labelled=False),
+                                 text_column="text")
+    _restart_worker(stack, window_closing_in(15))
+    job = client.submit("batch_inference", {"model": str(tiny_model), "dataset_id": data["id"], "chunk_rows": 100},
+                        not_before="soon", pause_outside_window=True)
+
+    def paused() -> bool:
+        current = _job(database, job["id"])
+        assert current.status in ("queued", "running", "scheduled"), (current.status, current.error_message)
+        return current.status == "scheduled"
+
+    wait_until(paused, timeout=120, message="the batch job pauses when its window closes")
+    assert any("paused with its committed chunks" in m for m in _messages(database, job["id"]))
+    with database() as session:
+        kept = len(session.scalars(select(InferenceChunk.id).where(InferenceChunk.job_id == job["id"])).all())
+
+    _restart_worker(stack, window_closing_in(3600))
+    with database.begin() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(not_before=utcnow()))
+    done = client.wait(job["id"], timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    with database() as session:
+        chunks = session.scalars(select(InferenceChunk).where(InferenceChunk.job_id == job["id"])).all()
+    assert len(chunks) == rows // 100 and len(chunks) > kept  # the kept chunks, then the rest
+    out = client.download_output(job["id"], tmp_path / "predictions.jsonl")
+    with open(out) as lines:
+        assert [int(line.split(",", 1)[0].removeprefix('{"row": ')) for line in lines] == list(range(rows))
