@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -17,6 +18,9 @@ from db.models import Dataset
 from db.services.datasets import delete_dataset, get_dataset, list_datasets
 from worker.datafiles import DataFileError, RowSchema, TextRows, detect_format, ingest
 from worker.ml.tasks import TASKS, get_task
+from worker.storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("datasets", __name__)
 
@@ -215,5 +219,8 @@ def remove_dataset(dataset_id: int) -> Dataset:
     session = db_session()
     dataset = delete_dataset(session, tenant_id(), dataset_id)
     session.commit()
-    storage().delete(dataset.path)
+    try:
+        storage().delete(dataset.path)
+    except StorageUnavailable as exc:  # the dataset is gone; only its file is left behind, unreferenced
+        log.warning("dataset %s deleted; its file %s stays in storage: %s", dataset_id, dataset.path, exc.message)
     return dataset

@@ -208,5 +208,19 @@ def test_an_unreachable_bucket_is_503_and_nothing_is_kept(database_url, redis_ur
                              "nothing was changed: try again shortly")
         assert error["details"] == {}
         assert dataset_ids(client, auth) == [] and files_under(tmp_path / "api" / "datasets") == []
+
+        # A dataset stored before the bucket went away can still be deleted: its file is left behind, logged.
+        from db.models import Dataset
+        from db.services.tenants import get_or_create_tenant
+
+        with app.extensions["nightshift"].session_factory.begin() as session:
+            stored = Dataset(tenant_id=get_or_create_tenant(session, "acme").id, name="old", format="csv",
+                             column_map={"text": "text"}, text_column="text", columns=["text"], row_count=1,
+                             size_bytes=5, sha256="0" * 64, path="s3://nowhere/data/datasets/old.jsonl", stats={})
+            session.add(stored)
+            session.flush()
+            stored_id = stored.id
+        assert client.delete(f"{API}/datasets/{stored_id}", headers=auth).status_code == 204
+        assert dataset_ids(client, auth) == []
     finally:
         app.extensions["nightshift"].engine.dispose()
