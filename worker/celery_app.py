@@ -10,6 +10,9 @@ from worker.config import JOB_KINDS, Settings
 
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for `settings`; nothing connects until it is used."""
+    from worker.storage import Storage
+
+    Storage.from_settings(settings).check()  # a bad storage setting stops the process now, saying what to fix
     app = Celery("nightshift", broker=settings.redis_url, include=["worker.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout_seconds}
     if settings.unacked_restore_seconds:

@@ -69,6 +69,20 @@ class Storage:
     def remote(self) -> bool:
         return bool(self.url)
 
+    def check(self) -> None:
+        """Raise ValueError saying what to fix if a bucket is configured that this install cannot reach
+        (its fsspec implementation is missing); touches no network."""
+        if not self.remote:
+            return
+        import fsspec
+
+        protocol = self.url.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"NIGHTSHIFT_STORAGE_URL {self.url}: {exc} (for s3:// install the s3 extra: "
+                             "pip install 'nightshift[s3]')") from None
+
     @property
     def fs(self):
         """The fsspec filesystem of the bucket (created on first use, once per process)."""
@@ -250,7 +264,7 @@ def _is_url(location: str) -> bool:
 
 
 @cache
-def _storage(url: str, options: str, data_dir: str) -> Storage:
+def _storage(url: str, options: str, data_dir: str) -> Storage:  # ValueError: settings to fix
     try:
         parsed = json.loads(options) if options.strip() else {}
     except ValueError:

@@ -138,3 +138,14 @@ def test_a_missing_stored_file_is_file_not_found(hosts):
     with pytest.raises(FileNotFoundError):
         a.fetch(f"{a.url}/models/job-404")
     assert a.read_json(f"{a.url}/models/job-404/config.json") == {}
+
+
+def test_bad_storage_settings_stop_a_process_at_start_saying_what_to_fix(tmp_path):
+    from worker.celery_app import make_celery
+    from worker.config import Settings
+
+    with pytest.raises(ValueError, match="NIGHTSHIFT_STORAGE_OPTIONS is not JSON"):
+        make_celery(Settings.from_env(data_dir=str(tmp_path), storage_url="s3://b/p", storage_options="{endpoint"))
+    with pytest.raises(ValueError, match="NIGHTSHIFT_STORAGE_URL nosuch://b/p: .*install"):
+        make_celery(Settings.from_env(data_dir=str(tmp_path), storage_url="nosuch://b/p"))
+    make_celery(Settings.from_env(data_dir=str(tmp_path), storage_url="s3://b/p"))  # s3fs is installed here
