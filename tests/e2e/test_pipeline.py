@@ -104,7 +104,9 @@ def test_batch_inference_writes_one_line_per_row_in_input_order(trained, tmp_pat
     assert f"precision: {reason}" in [e["message"] for e in logs]
     assert 10 < job["result"]["peak_rss_mb"] < 64 * 1024  # the job process's own peak, in MiB
     seconds = job["result"]["seconds"]  # where the attempt's time went
-    assert set(seconds) == {"loading model", "predicting", "writing"} and seconds["predicting"] > 0
+    # (and "tuning": speed probes, when this is the machine's first job of the model)
+    assert {"loading model", "predicting", "writing"} <= set(seconds) <= {"loading model", "predicting", "writing",
+                                                                          "tuning"} and seconds["predicting"] > 0
 
 
 def test_duplicate_delivery_of_one_message_runs_the_job_once(trained, system, tmp_path):
