@@ -253,6 +253,16 @@ class Stack:
                                      self.redis.process))
         return children
 
+    def kill_tree(self, name: str) -> None:
+        """SIGKILL process `name` and its children at once (a crashed host, not a shutdown)."""
+        main = psutil.Process(self.processes[name].pid)
+        family = [*main.children(recursive=True), main]
+        for proc in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        self.processes[name].wait()
+        psutil.wait_procs(family, timeout=10)
+
     def dead(self) -> list[str]:
         """Return the names of processes that have exited."""
         return [name for name, proc in self.processes.items() if proc.poll() is not None]

@@ -68,7 +68,7 @@ class JobContext:
         self._started = time.monotonic()
         self._last_renewed = self._started
         self._deadline = self._started + settings.time_limit_for(job.kind)
-        self._window, self._window_closes = _window_of(settings, job)
+        self.window, self._window_closes = _window_of(settings, job)  # the run window it keeps to, if any
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
 
     # -- JobHooks -------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class JobContext:
         if reason == "shutdown":
             raise JobInterrupted("the worker is shutting down; the job goes back to the queue", code="shutdown")
         if reason == "window_closed":
-            raise JobInterrupted(f"its run window {self._window} closed", code="window_closed")
+            raise JobInterrupted(f"its run window {self.window} closed", code="window_closed")
         if reason == "time_limit":
             limit = self.settings.time_limit_for(self.job.kind)
             raise JobInterrupted(
@@ -294,7 +294,7 @@ def _window_of(settings: Settings, job: Job) -> tuple[Window | None, datetime | 
 
 def _pause(context: JobContext) -> str:
     """The job's run window closed: back to `scheduled` until it opens again, keeping what this attempt saved."""
-    window = context._window
+    window = context.window
     opens = window_opens(window, zone(context.settings.timezone), utcnow())
     kept = "its committed chunks" if context.job.kind == "batch_inference" else "its last checkpoint"
     reason = (f"its run window {window} closed: paused with {kept}; it resumes when the window opens again at "

@@ -60,6 +60,7 @@ class Storage:
         self.data_dir = Path(data_dir).resolve()
         self._fs = None
         self._root = ""
+        self._pid: int | None = None  # the process that made `_fs` (a forked child makes its own)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Storage:
@@ -86,7 +87,7 @@ class Storage:
     @property
     def fs(self):
         """The fsspec filesystem of the bucket (created on first use, once per process)."""
-        if self._fs is None or getattr(self, "_pid", None) != os.getpid():
+        if self._fs is None or self._pid != os.getpid():
             import fsspec
 
             self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.options)

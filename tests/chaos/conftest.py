@@ -98,18 +98,6 @@ class ChaosSystem(Stack):
         assert owner, f"job {job_id} has no lease owner"
         return int(owner.rsplit(":", 1)[1])
 
-    def kill_tree(self, name: str) -> None:
-        """SIGKILL a process and its children at once (a crashed host, not a shutdown)."""
-        main = psutil.Process(self.processes[name].pid)
-        family = [*main.children(recursive=True), main]
-        for proc in family:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.processes[name].wait()
-        psutil.wait_procs(family, timeout=10)
-
     def worker_of(self, pid: int) -> str:
         """Return the name of the worker whose pool process `pid` is."""
         parent = psutil.Process(pid).parent().pid

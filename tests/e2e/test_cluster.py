@@ -51,20 +51,6 @@ class Cluster(Stack):
     def host_dir(self, name: str) -> Path:
         return self.root / name
 
-    def kill_host(self, name: str) -> None:
-        """SIGKILL a worker and its job process at once: its host died."""
-        import psutil
-
-        main = psutil.Process(self.processes[name].pid)
-        family = [*main.children(recursive=True), main]
-        for proc in family:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.processes[name].wait()
-        psutil.wait_procs(family, timeout=10)
-
     def stop_host(self, name: str) -> None:
         """Warm shutdown of an idle worker."""
         self.processes[name].terminate()
@@ -152,7 +138,7 @@ def finetuned(cluster, datasets, tiny_model):
 
     wait_until(checkpoint_in_the_bucket, timeout=240, interval=0.05, message="the fine-tune stores a checkpoint")
     assert cluster.owner_host(job["id"]) == "w1"
-    cluster.kill_host("w1")
+    cluster.kill_tree("w1")  # its host died
     cluster.start_process("w2")
     return cluster.client.wait(job["id"], timeout=300)
 
@@ -184,7 +170,7 @@ def batch(cluster, datasets, finetuned):
         return count >= 3
 
     wait_until(chunks_committed, timeout=240, interval=0.05, message="the batch job commits three chunks")
-    cluster.kill_host("w2")
+    cluster.kill_tree("w2")
     cluster.start_process("w1")
     return cluster.client.wait(job["id"], timeout=300)
 
