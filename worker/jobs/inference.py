@@ -168,9 +168,9 @@ def _failed_rows(errors: Path) -> Iterator[int]:
 class _Phases:
     """Wall-clock seconds spent per phase of the job, summed over its chunks: where a slow job's time went.
 
-    Speed probes run inside a phase (the first job of a model on a machine measures its precision and batch
-    sizes) count as "tuning", not as that phase: later jobs will not spend them, and estimates of those
-    jobs are made from the phases.
+    Speed probes run inside a phase (the first job of a model on a machine times its precision choice)
+    count as "tuning", not as that phase: later jobs will not spend them, and estimates of those jobs are
+    made from the phases. (Batch budgets cost no probe: the job's own batches are timed.)
     """
 
     def __init__(self) -> None:

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 from worker.ml.device import place_for_inference
 from worker.ml.loading import label_names_of, load_classifier
-from worker.ml.tuning import budgets_by_width
+from worker.ml.tuning import BatchBudgets
 
 MULTI_LABEL_PROBLEM = "multi_label_classification"  # transformers' config.problem_type
 # Tokenizers without a usable limit report a huge sentinel as model_max_length.
@@ -146,40 +147,73 @@ def map_batches(model, tokenizer, encoded, *, step, batch_tokens: int, max_batch
 
     `step` gets the padded tensors on the model's device and the example indices of the batch, and
     returns one item per example (a sequence of len(batch)). `batch_tokens` is an upper bound: a batch
-    holds the fastest budget up to it measured for this model on this machine at the batch's padded
-    width (`tuning`). On GPU out-of-memory a batch is split in two and retried.
+    holds the fastest budget up to it for this model on this machine at the batch's padded width, which
+    the batches themselves measure until it is known (`tuning.BatchBudgets`). On GPU out-of-memory a
+    batch is split in two and retried.
     """
     import torch
 
     keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    budget_of = budgets_by_width(model, batch_tokens, lengths, max_batch_size)
+    budgets = BatchBudgets(model, batch_tokens, max_batch_size)
     results: list = [None] * len(lengths)
     done = 0
     with torch.inference_mode():
-        for batch in length_batches(lengths, batch_tokens=budget_of, max_batch_size=max_batch_size):
-            for index, item in zip(batch, _run_batch(model, tokenizer, encoded, keys, batch, step)):
+        for batch in iter_length_batches(lengths, batch_tokens=budgets, max_batch_size=max_batch_size):
+            width = lengths[batch[0]]
+            started = time.perf_counter()
+            split: list[bool] = []
+            for index, item in zip(batch, _run_batch(model, tokenizer, encoded, keys, batch, step, split)):
                 results[index] = item
+            if split:
+                budgets.too_big(width)
+            else:  # the step returned its results on the CPU: the device's work is done
+                budgets.observe(width, len(batch), time.perf_counter() - started)
             done += len(batch)
             if on_batch is not None:
                 on_batch(done, len(lengths))
     return results
 
 
-def _run_batch(model, tokenizer, encoded, keys, batch: list[int], step) -> list:
+def pad_batch(tokenizer, encoded: dict[str, list], keys: list[str], batch: list[int]) -> dict:
+    """The rows `batch` of `encoded` padded to the longest, as tensors with an attention mask.
+
+    What `tokenizer.pad` returns for plain id lists, built directly: that spends a few percent of a
+    small model's forward time per batch on Python bookkeeping.
+    """
+    import torch
+
+    if tokenizer.pad_token_id is None:  # tokenizer.pad says what to do about it
+        return tokenizer.pad({key: [encoded[key][i] for i in batch] for key in keys},
+                             return_attention_mask=True, return_tensors="pt")
+    lengths = [len(encoded["input_ids"][i]) for i in batch]
+    width = max(lengths)
+    left = tokenizer.padding_side == "left"
+    fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id, "attention_mask": 0}
+    rows_of = {key: [encoded[key][i] for i in batch] for key in keys}
+    rows_of.setdefault("attention_mask", [[1] * length for length in lengths])  # before padding: every token counts
+    inputs = {}
+    for key, rows in rows_of.items():
+        pad = fill.get(key, 0)
+        inputs[key] = torch.tensor([[pad] * (width - len(row)) + row if left else row + [pad] * (width - len(row))
+                                    for row in rows], dtype=torch.long)
+    return inputs
+
+
+def _run_batch(model, tokenizer, encoded, keys, batch: list[int], step, split: list) -> list:
     import torch
 
     try:
-        features = {key: [encoded[key][i] for i in batch] for key in keys}
-        inputs = tokenizer.pad(features, return_attention_mask=True, return_tensors="pt").to(model.device)
+        inputs = {key: tensor.to(model.device) for key, tensor in pad_batch(tokenizer, encoded, keys, batch).items()}
         return list(step(inputs, batch))
     except torch.cuda.OutOfMemoryError:
         if len(batch) == 1:
             raise
         torch.cuda.empty_cache()
+        split.append(True)
         half = len(batch) // 2
         return [item for part in (batch[:half], batch[half:])
-                for item in _run_batch(model, tokenizer, encoded, keys, part, step)]
+                for item in _run_batch(model, tokenizer, encoded, keys, part, step, split)]
 
 
 def length_batches(
@@ -189,17 +223,22 @@ def length_batches(
 
     `batch_tokens` is one budget, or a function giving the budget for a batch of a padded width.
     """
+    return list(iter_length_batches(lengths, batch_tokens=batch_tokens, max_batch_size=max_batch_size))
+
+
+def iter_length_batches(
+    lengths: list[int], *, batch_tokens: int | Callable[[int], int], max_batch_size: int,
+) -> Iterator[list[int]]:
+    """`length_batches`, one batch at a time: the budget is asked for as each batch is built."""
     budget_of = batch_tokens if callable(batch_tokens) else (lambda _width: batch_tokens)
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
-    batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
         # Sorted longest first, so the batch's first item sets its padded width.
         width = lengths[current[0]] if current else lengths[index]
         if current and (len(current) >= max_batch_size or width * (len(current) + 1) > budget_of(width)):
-            batches.append(current)
+            yield current
             current = []
         current.append(index)
     if current:
-        batches.append(current)
-    return batches
+        yield current

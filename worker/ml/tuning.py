@@ -26,16 +26,16 @@ _remembered: dict[str, dict] = {}
 _directory: Path | None = None
 _measuring_seconds = 0.0  # spent on probes in this process: once per machine and model shape, not per job
 
-# Candidate token budgets, doubling; the probe stops once SLOWER_IN_A_ROW of them in a row are
-# clearly slower than the best so far.
+# Candidate token budgets, doubling; a width's search stops once SLOWER_IN_A_ROW of them in a row
+# are clearly slower than the best so far.
 BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
 PROBE_WIDTH = 64  # tokens per probe row when the caller names no width
 MIN_WIDTH = 16  # padded widths are measured in doubling buckets from here: 16, 32, 64, ...
-MEASURED_TOKEN_SHARE = 0.1  # a width bucket holding less of the tokens borrows its neighbour's budget
 NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
-WARM_UP_UP_TO = 4096  # batches up to this are timed best of 3 after a warm-up (set-up costs and noise weigh on them)
-SLOWER_IN_A_ROW = 2  # the probe stops after this many candidates in a row clearly slower than the best: one slow
-#                      pass on a shared machine must not end the search
+SAMPLES = 3  # full batches timed per candidate budget; the fastest counts (a busy moment slows one, never speeds it)
+FULL_BATCH = 0.5  # a batch holding less than this share of its budget (the last of a run of rows) is not timed
+SLOWER_IN_A_ROW = 2  # the search stops after this many candidates in a row clearly slower than the best: one slow
+#                      sample on a shared machine must not end it
 
 
 def configure(directory: Path | str | None) -> None:
@@ -56,11 +56,9 @@ def reset() -> None:
 
 def remembered(what: str, key: dict, measure: Callable[[], dict]) -> dict:
     """Return the measurement `what` stored under `key`, measuring and storing it the first time."""
-    full_key = {"what": what, **machine_key(), **key}
-    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    digest, path = _location(what, key)
     if digest in _remembered:
         return _remembered[digest]
-    path = _directory / f"{what}-{digest}.json" if _directory is not None else None
     value = _read(path) if path is not None else None
     if value is None:
         global _measuring_seconds
@@ -69,10 +67,33 @@ def remembered(what: str, key: dict, measure: Callable[[], dict]) -> dict:
             value = measure()
         finally:
             _measuring_seconds += time.perf_counter() - started
-        if path is not None:
-            _write(path, {"key": full_key, "value": value, "measured_at": time.time()})
+        _store(what, key, value)
     _remembered[digest] = value
     return value
+
+
+def _location(what: str, key: dict) -> tuple[str, Path | None]:
+    """The digest naming a measurement of `what` under `key` on this machine, and its file (if any)."""
+    full_key = {"what": what, **machine_key(), **key}
+    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return digest, (_directory / f"{what}-{digest}.json" if _directory is not None else None)
+
+
+def _recall(what: str, key: dict) -> Any:
+    """What is stored under `key` (this process first, then its file), or None."""
+    digest, path = _location(what, key)
+    if digest not in _remembered and path is not None:
+        value = _read(path)
+        if value is not None:
+            _remembered[digest] = value
+    return _remembered.get(digest)
+
+
+def _store(what: str, key: dict, value: Any) -> None:
+    digest, path = _location(what, key)
+    _remembered[digest] = value
+    if path is not None:
+        _write(path, {"key": {"what": what, **machine_key(), **key}, "value": value, "measured_at": time.time()})
 
 
 def machine_key() -> dict:
@@ -106,28 +127,6 @@ def probe_inputs(model, rows: int, width: int) -> dict:
     return inputs
 
 
-def batch_token_budget(model, limit: int, width: int = PROBE_WIDTH, max_rows: int | None = None) -> int:
-    """Return the fastest token budget per batch of rows `width` tokens wide for `model` here, at most `limit`.
-
-    Measured with forward passes (best of a few) per doubling candidate budget up to `limit` (and
-    `max_rows` rows) on rows of `width` tokens: throughput grows with the batch until activations fall out of cache (CPU)
-    or the device is saturated, then flattens or drops, and where it drops depends on the width
-    (attention grows with its square). The smallest budget within NEAR_BEST of the best is chosen:
-    the same speed in less memory.
-    """
-    candidates = [budget for budget in BUDGET_CANDIDATES
-                  if width <= budget <= limit and (max_rows is None or budget // width <= max_rows)]
-    if not candidates:
-        return limit
-    key = {**model_key(model), "candidates": candidates, "width": width}
-    measured = remembered("batch-tokens", key, lambda: _measure_budgets(model, candidates, width))
-    rates = {int(budget): rate for budget, rate in measured["tokens_per_second"].items()}
-    if not rates:  # even the smallest batch ran out of GPU memory: batches split further as they run
-        return candidates[0]
-    best = max(rates.values())
-    return min(budget for budget, rate in rates.items() if rate >= NEAR_BEST * best)
-
-
 def width_bucket(width: int) -> int:
     """The doubling bucket (16, 32, 64, ...) a batch padded to `width` tokens is measured in."""
     bucket = MIN_WIDTH
@@ -136,72 +135,118 @@ def width_bucket(width: int) -> int:
     return bucket
 
 
-def budgets_by_width(model, limit: int, lengths: list[int], max_rows: int | None = None) -> Callable[[int], int]:
-    """Return width -> token budget for batches of these rows, measuring the widths that matter.
+class BatchBudgets:
+    """How many tokens one batch of `model` should hold on this machine, per padded width, found while predicting.
 
-    Each width bucket holding at least MEASURED_TOKEN_SHARE of the rows' tokens (and always the
-    largest one) gets its own measured budget; the others borrow the nearest measured bucket's.
+    Throughput grows with the batch until activations fall out of cache (CPU) or the device is
+    saturated, then flattens or drops, and where it drops depends on the width (attention grows with
+    its square). So each doubling width bucket searches its own budget, on the job's own batches: a
+    batch is built at the budget under trial, timed as it runs (`observe`), and its predictions are
+    kept, so the search costs no extra forward pass. Candidates double from 512 tokens up to `limit`
+    (and `max_rows` rows), each timed on SAMPLES full batches, the fastest counting; the search stops
+    after SLOWER_IN_A_ROW clearly slower ones in a row, and the smallest budget within NEAR_BEST of the
+    best wins (the same speed in less memory). Each finished candidate is remembered (`configure`), so a
+    later job process continues the search where this one stopped and, once it is decided, uses it.
     """
-    tokens: dict[int, int] = {}
-    for length in lengths:
-        bucket = width_bucket(length)
-        tokens[bucket] = tokens.get(bucket, 0) + length
-    if not tokens:
-        return lambda _width: limit
-    total = sum(tokens.values())
-    measured = {bucket for bucket, count in tokens.items() if count >= MEASURED_TOKEN_SHARE * total}
-    measured.add(max(tokens, key=tokens.__getitem__))
-    budgets = {bucket: batch_token_budget(model, limit, bucket, max_rows) for bucket in sorted(measured)}
 
-    def budget(width: int) -> int:
-        bucket = width_bucket(width)
-        if bucket not in budgets:
-            bucket = min(budgets, key=lambda b: (abs(b.bit_length() - bucket.bit_length()), b))
-        return budgets[bucket]
+    def __init__(self, model, limit: int, max_rows: int | None = None) -> None:
+        self.model = model
+        self.limit = limit
+        self.max_rows = max_rows
+        self._searches: dict[int, _Search] = {}
 
-    return budget
+    def __call__(self, width: int) -> int:
+        """The token budget for a batch of rows padded to `width` tokens: decided, or under trial."""
+        search = self._search(width_bucket(width))
+        return search.budget() if search is not None else self.limit
 
+    def observe(self, width: int, rows: int, seconds: float) -> None:
+        """Record that a batch of `rows` rows padded to `width` tokens took `seconds` (device work done)."""
+        search = self._search(width_bucket(width))
+        if search is not None:
+            search.observe(rows * width, rows == self.max_rows, seconds)
 
-def _measure_budgets(model, candidates: list[int], width: int = PROBE_WIDTH) -> dict:
-    import torch
+    def too_big(self, width: int) -> None:
+        """A batch at this width ran out of device memory: its budget and larger ones are out."""
+        search = self._search(width_bucket(width))
+        if search is not None:
+            search.too_big()
 
-    rates: dict[str, float] = {}
-    slower = 0
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for budget in candidates:
-            rows = max(budget // width, 1)
-            inputs = probe_inputs(model, rows, width)
-            try:
-                small = budget <= WARM_UP_UP_TO
-                seconds = _best_of(model, inputs, repeats=3 if small else 2, warm_up=small)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                break
-            rates[str(budget)] = rows * width / seconds
-            slower = slower + 1 if rates[str(budget)] < NEAR_BEST * max(rates.values()) else 0
-            if slower >= SLOWER_IN_A_ROW:
-                break
-    log.info("batch token budgets at width %d measured in %.1f s: %s", width, time.perf_counter() - started,
-             {k: round(v) for k, v in rates.items()})
-    return {"tokens_per_second": rates}
+    def decided(self) -> dict[int, int]:
+        """The budget decided per width bucket so far (for logs and tests)."""
+        return {bucket: search.decided for bucket, search in sorted(self._searches.items())
+                if search is not None and search.decided is not None}
+
+    def _search(self, bucket: int) -> _Search | None:
+        if bucket not in self._searches:
+            candidates = [budget for budget in BUDGET_CANDIDATES if bucket <= budget <= self.limit
+                          and (self.max_rows is None or budget // bucket <= self.max_rows)]
+            key = {**model_key(self.model), "candidates": candidates, "width": bucket}
+            self._searches[bucket] = _Search(key, candidates) if candidates else None
+        return self._searches[bucket]
 
 
-def _best_of(model, inputs, *, repeats: int, warm_up: bool) -> float:
-    import torch
+class _Search:
+    """The budget search of one width bucket: finished candidates are remembered, the one under trial is not."""
 
-    if warm_up:
-        model(**inputs)  # kernels chosen, memory allocated
-    best = float("inf")
-    for _ in range(repeats):
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        model(**inputs)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best
+    WHAT = "batch-budget"
+
+    def __init__(self, key: dict, candidates: list[int]) -> None:
+        self.key = key
+        self.candidates = candidates
+        stored = _recall(self.WHAT, key) or {}
+        self.rates = {int(budget): float(rate) for budget, rate in stored.get("tokens_per_second", {}).items()
+                      if int(budget) in candidates}
+        self.samples: list[float] = []  # tokens/s of the full batches timed at the candidate under trial
+        self.decided, self.trying = verdict(candidates, self.rates)
+
+    def budget(self) -> int:
+        return self.decided if self.decided is not None else self.trying
+
+    def observe(self, tokens: int, at_row_cap: bool, seconds: float) -> None:
+        full = FULL_BATCH * self.trying <= tokens or at_row_cap  # short rows: the row cap fills a batch first
+        if self.decided is not None or seconds <= 0 or tokens > self.trying or not full:
+            return
+        self.samples.append(tokens / seconds)
+        if len(self.samples) >= SAMPLES:
+            self.rates[self.trying] = max(self.samples)
+            self.samples = []
+            self._settle()
+
+    def too_big(self) -> None:
+        current = self.budget()
+        self.candidates = [budget for budget in self.candidates if budget < current] or self.candidates[:1]
+        self.rates = {budget: rate for budget, rate in self.rates.items() if budget in self.candidates}
+        if self.candidates == [current]:  # even the smallest candidate: batches split further as they run
+            self.rates = {current: self.rates.get(current, 0.0)}
+        self.samples = []
+        self._settle()
+
+    def _settle(self) -> None:
+        self.decided, self.trying = verdict(self.candidates, self.rates)
+        if self.decided is not None:
+            log.info("batch token budget at width %d: %d (tokens/s by budget %s)", self.key["width"], self.decided,
+                     {budget: round(rate) for budget, rate in self.rates.items()})
+        _store(self.WHAT, self.key, {"tokens_per_second": {str(b): r for b, r in self.rates.items()},
+                                     "decided": self.decided})
+
+
+def verdict(candidates: list[int], rates: dict[int, float]) -> tuple[int | None, int]:
+    """(the budget decided, or None; the candidate to try next) from the tokens/s measured per budget, in order.
+
+    Decided once every candidate is measured or SLOWER_IN_A_ROW in a row were clearly slower than the
+    best before them: the smallest budget within NEAR_BEST of the best.
+    """
+    best, slower, measured = 0.0, 0, {}
+    for budget in candidates:
+        if budget not in rates:
+            return None, budget
+        measured[budget] = rates[budget]
+        slower = slower + 1 if rates[budget] < NEAR_BEST * best else 0
+        best = max(best, rates[budget])
+        if slower >= SLOWER_IN_A_ROW:
+            break
+    return min(budget for budget, rate in measured.items() if rate >= NEAR_BEST * best), candidates[-1]
 
 
 def _cpu_name() -> str:
