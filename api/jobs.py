@@ -81,7 +81,8 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
         if created:  # its estimate, and a warning now if it cannot make its deadline behind the jobs ahead of it
             settings = services().settings
             check_deadline(session, job, starting_at=expected_start(
-                session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
+                session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant,
+            ) if deadline is not None else None)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()

@@ -68,9 +68,10 @@ def _preload_ml(**_kwargs) -> None:
 
 @worker_process_init.connect
 def _init_process(**_kwargs) -> None:
-    from worker import gpus, state
+    from worker import allocator, gpus, state
     from worker.ml import tuning
 
+    allocator.keep_freed_memory()  # activations reuse freed memory instead of page-faulting it in per batch
     state.reset()  # a forked child must not share the parent's database connections
     tuning.configure(state.settings().data_dir / "tuning")  # speed measurements, shared by later jobs
     state.configure_offline()
