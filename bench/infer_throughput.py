@@ -129,7 +129,8 @@ def run_job(client, model_dir: str, dataset_id: int, precision: str, folder: Pat
     run = (_ts(job["finished_at"]) - _ts(job["started_at"])).total_seconds()
     output = client.download_output(job["id"], folder / f"predictions-{job['id']}.jsonl")
     labels = [json.loads(line)["label"] for line in output.open()]
-    return {"elapsed": elapsed, "run": run, "labels": labels, "reason": job["result"]["precision_reason"],
+    queued = (_ts(job["started_at"]) - _ts(job["created_at"])).total_seconds()
+    return {"elapsed": elapsed, "run": run, "queued": queued, "labels": labels, "reason": job["result"]["precision_reason"],
             "rows": job["result"]["rows_ok"], "seconds": job["result"].get("seconds", {})}
 
 
@@ -168,8 +169,9 @@ def main() -> None:
                                                      else next(iter(corpora.values()))[:200]), text_column="text")
             cold = run_job(client, model_dir, small["id"], "fp32", folder)
             warm = run_job(client, model_dir, small["id"], "fp32", folder)
-            print(f"200-document job, submit to done: first job of the stack (cold) {cold['elapsed']:.2f} s, "
-                  f"next job (warm) {warm['elapsed']:.2f} s")
+            print(f"200-document job, submit to done: first job of the stack (cold) {cold['elapsed']:.2f} s "
+                  f"(queued {cold['queued']:.2f} s, ran {cold['run']:.2f} s), next job (warm) {warm['elapsed']:.2f} s "
+                  f"(queued {warm['queued']:.2f} s, ran {warm['run']:.2f} s)")
             for name, texts in corpora.items():
                 dataset = client.upload_dataset(write_docs(folder / f"{name}.jsonl", texts), text_column="text")
                 rates, floor_labels = floor(model_dir, texts, [int(b) for b in args.floor_budgets.split(",")])

@@ -32,7 +32,8 @@ BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
 PROBE_WIDTH = 64  # tokens per probe row when the caller names no width
 MIN_WIDTH = 16  # padded widths are measured in doubling buckets from here: 16, 32, 64, ...
 NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
-SAMPLES = 3  # full batches timed per candidate budget; the fastest counts (a busy moment slows one, never speeds it)
+SAMPLES = 3  # full batches timed per candidate budget; the fastest counts (a busy moment slows one, never speeds it)...
+SAMPLE_TOKENS = 8192  # ...or fewer once they hold this many tokens: a search must not spend a small job on its largest batches
 FULL_BATCH = 0.5  # a batch holding less than this share of its budget (the last of a run of rows) is not timed
 SLOWER_IN_A_ROW = 2  # the search stops after this many candidates in a row clearly slower than the best: one slow
 #                      sample on a shared machine must not end it
@@ -143,7 +144,8 @@ class BatchBudgets:
     its square). So each doubling width bucket searches its own budget, on the job's own batches: a
     batch is built at the budget under trial, timed as it runs (`observe`), and its predictions are
     kept, so the search costs no extra forward pass. Candidates double from 512 tokens up to `limit`
-    (and `max_rows` rows), each timed on SAMPLES full batches, the fastest counting; the search stops
+    (and `max_rows` rows), each timed on SAMPLES full batches (fewer for large budgets: SAMPLE_TOKENS),
+    the fastest counting; the search stops
     after SLOWER_IN_A_ROW clearly slower ones in a row, and the smallest budget within NEAR_BEST of the
     best wins (the same speed in less memory). Each finished candidate is remembered (`configure`), so a
     later job process continues the search where this one stopped and, once it is decided, uses it.
@@ -198,6 +200,7 @@ class _Search:
         self.rates = {int(budget): float(rate) for budget, rate in stored.get("tokens_per_second", {}).items()
                       if int(budget) in candidates}
         self.samples: list[float] = []  # tokens/s of the full batches timed at the candidate under trial
+        self.sampled_tokens = 0
         self.decided, self.trying = verdict(candidates, self.rates)
 
     def budget(self) -> int:
@@ -208,9 +211,10 @@ class _Search:
         if self.decided is not None or seconds <= 0 or tokens > self.trying or not full:
             return
         self.samples.append(tokens / seconds)
-        if len(self.samples) >= SAMPLES:
+        self.sampled_tokens += tokens
+        if len(self.samples) >= SAMPLES or self.sampled_tokens >= SAMPLE_TOKENS:
             self.rates[self.trying] = max(self.samples)
-            self.samples = []
+            self.samples, self.sampled_tokens = [], 0
             self._settle()
 
     def too_big(self) -> None:
@@ -219,7 +223,7 @@ class _Search:
         self.rates = {budget: rate for budget, rate in self.rates.items() if budget in self.candidates}
         if self.candidates == [current]:  # even the smallest candidate: batches split further as they run
             self.rates = {current: self.rates.get(current, 0.0)}
-        self.samples = []
+        self.samples, self.sampled_tokens = [], 0
         self._settle()
 
     def _settle(self) -> None:
