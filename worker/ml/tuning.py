@@ -29,7 +29,6 @@ _measuring_seconds = 0.0  # spent on probes in this process: once per machine an
 # Candidate token budgets, doubling; a width's search stops once SLOWER_IN_A_ROW of them in a row
 # are clearly slower than the best so far.
 BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
-PROBE_WIDTH = 64  # tokens per probe row when the caller names no width
 MIN_WIDTH = 16  # padded widths are measured in doubling buckets from here: 16, 32, 64, ...
 NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
 SAMPLES = 3  # full batches timed per candidate budget; the fastest counts (a busy moment slows one, never speeds it)...
@@ -145,9 +144,8 @@ class BatchBudgets:
     batch is built at the budget under trial, timed as it runs (`observe`), and its predictions are
     kept, so the search costs no extra forward pass. Candidates double from 512 tokens up to `limit`
     (and `max_rows` rows), each timed on SAMPLES full batches (fewer for large budgets: SAMPLE_TOKENS),
-    the fastest counting; the search stops
-    after SLOWER_IN_A_ROW clearly slower ones in a row, and the smallest budget within NEAR_BEST of the
-    best wins (the same speed in less memory). Each finished candidate is remembered (`configure`), so a
+    the fastest counting; the search stops after SLOWER_IN_A_ROW clearly slower ones in a row, and the
+    smallest budget within NEAR_BEST of the best wins (the same speed in less memory). Each finished candidate is remembered (`configure`), so a
     later job process continues the search where this one stopped and, once it is decided, uses it.
     """
 
@@ -202,6 +200,8 @@ class _Search:
         self.samples: list[float] = []  # tokens/s of the full batches timed at the candidate under trial
         self.sampled_tokens = 0
         self.decided, self.trying = verdict(candidates, self.rates)
+        if stored.get("decided") in candidates:  # also a budget lowered after running out of memory
+            self.decided = stored["decided"]
 
     def budget(self) -> int:
         return self.decided if self.decided is not None else self.trying

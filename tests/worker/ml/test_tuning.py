@@ -155,6 +155,15 @@ def test_out_of_memory_rules_out_the_budget_and_larger_ones(model):
     assert budgets.decided() == {64: 512}
 
 
+def test_a_budget_lowered_after_running_out_of_memory_stays_lowered(model, monkeypatch, tmp_path):
+    tuning.configure(tmp_path)
+    budgets = tuning.BatchBudgets(model, 16_384)
+    search(budgets, 64, {512: 500.0, 1024: 900.0}, batches=6)
+    budgets.too_big(64)  # 2,048 ran out of memory
+    monkeypatch.setattr(tuning, "_remembered", {})  # the next job process
+    assert tuning.BatchBudgets(model, 16_384)(64) == 1024
+
+
 def test_a_width_tries_only_budgets_that_hold_a_row_and_fit_the_row_cap(model):
     assert tuning.BatchBudgets(model, 16_384)._search(1024).candidates == [1024, 2048, 4096, 8192, 16_384]
     assert tuning.BatchBudgets(model, 65_536, max_rows=128)._search(16).candidates == [512, 1024, 2048]
