@@ -30,11 +30,12 @@ _measuring_seconds = 0.0  # spent on probes in this process: once per machine an
 # are clearly slower than the best so far.
 BUDGET_CANDIDATES = (512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536)
 MIN_WIDTH = 16  # padded widths are measured in doubling buckets from here: 16, 32, 64, ...
-NEAR_BEST = 0.97  # the smallest budget within this share of the best wins: less memory, same speed
+NEAR_BEST = 0.99  # the smallest budget within this share of the best wins: less memory, a speed no timing tells apart
+CLEARLY_SLOWER = 0.97  # a candidate under this share of the best so far counts as slower
 SAMPLES = 3  # full batches timed per candidate budget; the fastest counts (a busy moment slows one, never speeds it)...
 SAMPLE_TOKENS = 8192  # ...or fewer once they hold this many tokens: a search must not spend a small job on its largest batches
 FULL_BATCH = 0.5  # a batch holding less than this share of its budget (the last of a run of rows) is not timed
-SLOWER_IN_A_ROW = 2  # the search stops after this many candidates in a row clearly slower than the best: one slow
+SLOWER_IN_A_ROW = 2  # the search stops after this many candidates in a row clearly slower than the best; one slow
 #                      sample on a shared machine must not end it
 
 
@@ -238,15 +239,15 @@ class _Search:
 def verdict(candidates: list[int], rates: dict[int, float]) -> tuple[int | None, int]:
     """(the budget decided, or None; the candidate to try next) from the tokens/s measured per budget, in order.
 
-    Decided once every candidate is measured or SLOWER_IN_A_ROW in a row were clearly slower than the
-    best before them: the smallest budget within NEAR_BEST of the best.
+    Decided once every candidate is measured or SLOWER_IN_A_ROW in a row were clearly slower (CLEARLY_SLOWER)
+    than the best before them: the smallest budget within NEAR_BEST of the best.
     """
     best, slower, measured = 0.0, 0, {}
     for budget in candidates:
         if budget not in rates:
             return None, budget
         measured[budget] = rates[budget]
-        slower = slower + 1 if rates[budget] < NEAR_BEST * best else 0
+        slower = slower + 1 if rates[budget] < CLEARLY_SLOWER * best else 0
         best = max(best, rates[budget])
         if slower >= SLOWER_IN_A_ROW:
             break
