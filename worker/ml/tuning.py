@@ -57,10 +57,7 @@ def reset() -> None:
 
 def remembered(what: str, key: dict, measure: Callable[[], dict]) -> dict:
     """Return the measurement `what` stored under `key`, measuring and storing it the first time."""
-    digest, path = _location(what, key)
-    if digest in _remembered:
-        return _remembered[digest]
-    value = _read(path) if path is not None else None
+    value = _recall(what, key)
     if value is None:
         global _measuring_seconds
         started = time.perf_counter()
@@ -69,20 +66,19 @@ def remembered(what: str, key: dict, measure: Callable[[], dict]) -> dict:
         finally:
             _measuring_seconds += time.perf_counter() - started
         _store(what, key, value)
-    _remembered[digest] = value
     return value
 
 
-def _location(what: str, key: dict) -> tuple[str, Path | None]:
-    """The digest naming a measurement of `what` under `key` on this machine, and its file (if any)."""
+def _location(what: str, key: dict) -> tuple[dict, str, Path | None]:
+    """The full key of a measurement of `what` under `key` on this machine, its digest, and its file (if any)."""
     full_key = {"what": what, **machine_key(), **key}
     digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return digest, (_directory / f"{what}-{digest}.json" if _directory is not None else None)
+    return full_key, digest, (_directory / f"{what}-{digest}.json" if _directory is not None else None)
 
 
 def _recall(what: str, key: dict) -> Any:
     """What is stored under `key` (this process first, then its file), or None."""
-    digest, path = _location(what, key)
+    _full_key, digest, path = _location(what, key)
     if digest not in _remembered and path is not None:
         value = _read(path)
         if value is not None:
@@ -91,10 +87,10 @@ def _recall(what: str, key: dict) -> Any:
 
 
 def _store(what: str, key: dict, value: Any) -> None:
-    digest, path = _location(what, key)
+    full_key, digest, path = _location(what, key)
     _remembered[digest] = value
     if path is not None:
-        _write(path, {"key": {"what": what, **machine_key(), **key}, "value": value, "measured_at": time.time()})
+        _write(path, {"key": full_key, "value": value, "measured_at": time.time()})
 
 
 def machine_key() -> dict:
@@ -146,8 +142,9 @@ class BatchBudgets:
     kept, so the search costs no extra forward pass. Candidates double from 512 tokens up to `limit`
     (and `max_rows` rows), each timed on SAMPLES full batches (fewer for large budgets: SAMPLE_TOKENS),
     the fastest counting; the search stops after SLOWER_IN_A_ROW clearly slower ones in a row, and the
-    smallest budget within NEAR_BEST of the best wins (the same speed in less memory). Each finished candidate is remembered (`configure`), so a
-    later job process continues the search where this one stopped and, once it is decided, uses it.
+    smallest budget within NEAR_BEST of the best wins (the same speed in less memory). Each finished
+    candidate is remembered (`configure`), so a later job process continues the search where this one
+    stopped and, once it is decided, uses it.
     """
 
     def __init__(self, model, limit: int, max_rows: int | None = None) -> None:
@@ -222,8 +219,7 @@ class _Search:
         current = self.budget()
         self.candidates = [budget for budget in self.candidates if budget < current] or self.candidates[:1]
         self.rates = {budget: rate for budget, rate in self.rates.items() if budget in self.candidates}
-        if self.candidates == [current]:  # even the smallest candidate: batches split further as they run
-            self.rates = {current: self.rates.get(current, 0.0)}
+        self.rates.setdefault(self.candidates[0], 0.0)  # even the smallest ran out: batches split further as they run
         self.samples, self.sampled_tokens = [], 0
         self._settle()
 
