@@ -87,7 +87,8 @@ def test_a_fine_tune_pauses_when_its_window_closes_and_resumes_from_its_checkpoi
     last_step = int(saved[-1].rsplit(" ", 1)[1])
 
     # The window opens again (a new one, on a restarted worker); the sweeper releases the job at its time.
-    _restart_worker(stack, window_closing_in(15))
+    # It stays open long enough for a slow, shared machine to start the worker and load the model.
+    _restart_worker(stack, window_closing_in(30))
     with database.begin() as session:
         session.execute(update(Job).where(Job.id == job["id"]).values(not_before=utcnow()))
 

@@ -147,14 +147,15 @@ def job_callback(hooks: JobHooks, save_seconds: float):
             self.last_save = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if hooks.stop_requested():  # shutdown or time limit: save a checkpoint, then stop
+            total = max(state.max_steps, 1)
+            step = state.global_step
+            # Before the stop check: a paused job shows the step its checkpoint holds, not the one before.
+            hooks.progress(fraction=min(step / total, 1.0), stage="training", done=step, total=total)
+            if hooks.stop_requested():  # shutdown, time limit or window closed: save a checkpoint, then stop
                 control.should_save = True
                 control.should_training_stop = True
                 return control
             hooks.check()
-            total = max(state.max_steps, 1)
-            step = state.global_step
-            hooks.progress(fraction=min(step / total, 1.0), stage="training", done=step, total=total)
             if time.monotonic() - self.last_save >= save_seconds:
                 control.should_save = True
 

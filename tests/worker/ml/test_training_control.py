@@ -17,7 +17,7 @@ from tests.tiny_models import (
     build_tiny_seq2seq,
     build_tiny_tagger_base,
 )
-from tests.worker.ml.hooks import InterruptAfter
+from tests.worker.ml.hooks import InterruptAfter, StopAfter
 from tests.worker.ml.test_text_classification import make_params, run_finetune
 from worker.errors import JobInterrupted, PermanentJobError
 from worker.ml.hooks import NullHooks
@@ -283,6 +283,24 @@ def test_a_killed_run_resumes_with_its_best_checkpoint(tiny_classifier, flipped_
         straight["global_step"], best, True)
     assert resumed["best_metric"] == pytest.approx(straight["best_metric"])
     assert same_weights(saved_weights(tmp_path / "model"), saved_weights(tmp_path / "straight" / "model"))
+
+
+def test_a_run_stopped_for_its_window_checkpoints_the_step_its_progress_shows(tiny_classifier, sentiment_data,
+                                                                             tmp_path):
+    params = make_params(tiny_classifier, max_steps=40, save_steps=100)
+    hooks = StopAfter(step=5)
+    with pytest.raises(JobInterrupted):
+        run_finetune(params, sentiment_data, tmp_path, hooks)
+    saved = [step for name, (_, step) in ((n, v) for n, v in hooks.events if n == "checkpoint")]
+    trained = [done for name, (_, stage, done, _) in ((n, v) for n, v in hooks.events if n == "progress")
+               if stage == "training"]
+    assert saved == [5] and trained[-1] == 5  # a paused job shows the step it resumes after
+
+    resumed = NullHooks()
+    assert run_finetune(params, sentiment_data, tmp_path, resumed)["train"]["resumed_from_step"] == 5
+    trained = [done for name, (_, stage, done, _) in ((n, v) for n, v in resumed.events if n == "progress")
+               if stage == "training"]
+    assert trained[0] == 6 and trained[-1] == 40
 
 
 def test_a_rerun_after_an_early_stop_returns_the_best_checkpoint_without_training(tiny_classifier, flipped_data,
