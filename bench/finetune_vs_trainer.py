@@ -5,7 +5,7 @@ For each task, in one run on this machine, the same fine-tune twice on the same 
 save_steps, at most 2 kept):
 
 - the bare script: load the model, tokenize with the task module's own encoding, build the task's
-  collator, `Trainer.train()`, save the model;
+  collator, `Trainer.train()`, save the model; in a fresh process of its own, as each job runs in one;
 - the job: upload train and validation rows over HTTP, submit a finetune job, wait for it to end.
 
 Training throughput is the Trainer's own `train_samples_per_second` (train() time, checkpoint saves
@@ -96,10 +96,12 @@ def build_tokenizer(corpus: list[str], vocab_size: int, path: Path):
 
 
 def build_t5(corpus: list[str], path: Path) -> str:
-    """A T5-style encoder-decoder of about 8M parameters (3+3 layers, d_model 256)."""
+    """A T5-style encoder-decoder of about 8M parameters (3+3 layers, d_model 256); kept if already built."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
+    if (path / "config.json").is_file():  # the bare script's process reuses what the benchmark built
+        return str(path)
     tokenizer = build_tokenizer(corpus, 8000, path)
     torch.manual_seed(0)
     config = T5Config(vocab_size=len(tokenizer), d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_heads=8,
@@ -110,10 +112,12 @@ def build_t5(corpus: list[str], path: Path) -> str:
 
 
 def build_gpt2(corpus: list[str], path: Path) -> str:
-    """A GPT-2-style decoder of about 5M parameters (4 layers, n_embd 256)."""
+    """A GPT-2-style decoder of about 5M parameters (4 layers, n_embd 256); kept if already built."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    if (path / "config.json").is_file():
+        return str(path)
     tokenizer = build_tokenizer(corpus, 8000, path)
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=256, n_layer=4, n_head=4,
@@ -393,6 +397,21 @@ def record_job_process(client, job_id: int, output: Path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+BARE_RESULT = "bare-result: "
+
+
+def run_bare_apart(name: str, folder: Path, rows: int, precision: str, output_dir: Path) -> dict:
+    """`run_bare` in a fresh process of its own, as each job runs in one: nothing one run leaves in memory
+    (a model, datasets, freed heap) stays beside the runs after it."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--bare", name, "--folder", str(folder),
+               "--rows", str(rows), "--precision", precision, "--output", str(output_dir)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith(BARE_RESULT))
+    return json.loads(line.removeprefix(BARE_RESULT))
+
+
 def run_bare(case: Case, precision: str, output_dir: Path) -> dict:
     """The plainest Trainer script on the same rows and settings; wall from load to saved model."""
     from transformers import Trainer, TrainingArguments, set_seed
@@ -441,7 +460,13 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply each task's rows (0.1 for a smoke run)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side per task, order alternating")
     parser.add_argument("--profile", type=Path, help="record each job's process with py-spy into this folder")
+    for internal in ("--bare", "--folder", "--rows", "--precision", "--output"):  # one bare run, in its own process
+        parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare:
+        case = CASES[args.bare][0](Path(args.folder), int(args.rows))
+        print(BARE_RESULT + json.dumps(run_bare(case, args.precision, Path(args.output))), flush=True)
+        return
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     unknown = sorted(set(tasks) - set(CASES))
     if unknown:
@@ -460,7 +485,8 @@ def main() -> None:
                     if side == "job":
                         case.jobs.append(run_job(client, case, args.profile))
                     else:
-                        case.bares.append(run_bare(case, case.jobs[0]["precision"], folder / f"bare{repeat}"))
+                        case.bares.append(run_bare_apart(name, folder, case.rows, case.jobs[0]["precision"],
+                                                         folder / f"bare{repeat}"))
                     print(f"{name}: {side} {(case.jobs if side == 'job' else case.bares)[-1]}", flush=True)
             done.append(case)
     print(f"\ncommand: {command_line()}")
