@@ -149,13 +149,14 @@ def job_callback(hooks: JobHooks, save_seconds: float):
         def on_step_end(self, args, state, control, **kwargs):
             total = max(state.max_steps, 1)
             step = state.global_step
-            # Before the stop check: a paused job shows the step its checkpoint holds, not the one before.
-            hooks.progress(fraction=min(step / total, 1.0), stage="training", done=step, total=total)
             if hooks.stop_requested():  # shutdown, time limit or window closed: save a checkpoint, then stop
+                # Reported first: a paused job shows the step its checkpoint holds, not the one before.
+                hooks.progress(fraction=min(step / total, 1.0), stage="training", done=step, total=total)
                 control.should_save = True
                 control.should_training_stop = True
                 return control
             hooks.check()
+            hooks.progress(fraction=min(step / total, 1.0), stage="training", done=step, total=total)
             if time.monotonic() - self.last_save >= save_seconds:
                 control.should_save = True
 

@@ -294,13 +294,13 @@ def test_a_run_stopped_for_its_window_checkpoints_the_step_its_progress_shows(ti
     saved = [step for name, (_, step) in ((n, v) for n, v in hooks.events if n == "checkpoint")]
     trained = [done for name, (_, stage, done, _) in ((n, v) for n, v in hooks.events if n == "progress")
                if stage == "training"]
-    assert saved == [5] and trained[-1] == 5  # a paused job shows the step it resumes after
+    assert saved == [6] and trained[-1] == 6  # seen at the step after; a paused job shows the step it resumes after
 
     resumed = NullHooks()
-    assert run_finetune(params, sentiment_data, tmp_path, resumed)["train"]["resumed_from_step"] == 5
+    assert run_finetune(params, sentiment_data, tmp_path, resumed)["train"]["resumed_from_step"] == 6
     trained = [done for name, (_, stage, done, _) in ((n, v) for n, v in resumed.events if n == "progress")
                if stage == "training"]
-    assert trained[0] == 6 and trained[-1] == 40
+    assert trained[0] == 7 and trained[-1] == 40
 
 
 def test_a_rerun_after_an_early_stop_returns_the_best_checkpoint_without_training(tiny_classifier, flipped_data,
