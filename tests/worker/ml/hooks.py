@@ -24,18 +24,8 @@ class InterruptAfter(NullHooks):
             raise JobInterrupted("cancelled")
 
 
-class StopAfter(NullHooks):
+class StopAfter(InterruptAfter):
     """Hooks whose run window closes once training reported `step` done: checkpoint, then stop."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-        self.done = 0
-
-    def progress(self, *, fraction, stage, done=None, total=None) -> None:
-        super().progress(fraction=fraction, stage=stage, done=done, total=total)
-        if stage == "training":
-            self.done = done
 
     def stop_requested(self) -> str | None:
         return "window_closed" if self.done >= self.step else None
