@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import Settings
+from worker.outbox import SentMarks
 from worker.storage import Storage
 
 API_PREFIX = "/api/v1"
@@ -28,6 +29,7 @@ class Services:
     engine: Engine
     session_factory: sessionmaker[Session]
     celery: Celery
+    sent_marks: SentMarks  # marks the messages this process sent, in batches
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -56,6 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         engine=engine,
         session_factory=make_session_factory(engine),
         celery=make_celery(settings),
+        sent_marks=SentMarks(engine),
     )
     errors.register_error_handlers(app)
     csrf = CSRFProtect(app)  # the dashboard's forms; the JSON API authenticates by bearer token instead

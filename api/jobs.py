@@ -24,7 +24,7 @@ from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import get_dataset
 from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
 from db.services.pipelines import STEP_REFERENCE
-from db.services.estimates import check_deadline, expected_start
+from db.services.estimates import check_deadline, expected_start, run_seconds
 from db.services.schedule import parse_windows, window_opens, zone
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
@@ -73,26 +73,21 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
     deadline = _deadline(submission)
     run_window = _run_window(submission)
     try:
-        job, created = _create(session, submission, key, datasets)
-        if created and deadline is not None:
-            job.deadline = deadline
-        if created and run_window is not None:
-            job.run_window = run_window
-        if created:  # its estimate, and a warning now if it cannot make its deadline behind the jobs ahead of it
+        job, created = _create(session, submission, key, datasets, deadline=deadline, run_window=run_window)
+        if created and deadline is not None:  # a warning now if it cannot make its deadline behind the jobs ahead
             settings = services().settings
             check_deadline(session, job, starting_at=expected_start(
-                session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant,
-            ) if deadline is not None else None)
+                session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()
-        job, created = _create(session, submission, key, datasets)
+        job, created = _create(session, submission, key, datasets, deadline=deadline, run_window=run_window)
     if created and job.status == JobStatus.QUEUED:  # a scheduled job's message is written when it is released
         _publish_now(job)
     return job, created
 
 
-def _create(session: Session, submission, key: str | None, datasets: list[tuple[int, str]]):
+def _create(session: Session, submission, key: str | None, datasets: list[tuple[int, str]], **extra):
     settings = services().settings
     return create_job(
         session,
@@ -107,6 +102,8 @@ def _create(session: Session, submission, key: str | None, datasets: list[tuple[
         datasets=datasets,
         publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS,
         not_before=start_time(submission.not_before),
+        estimate=run_seconds,
+        **extra,
     )
 
 
@@ -173,7 +170,7 @@ def start_time(not_before: datetime | str | None) -> datetime | None:
 def _publish_now(job: Job) -> None:
     """Publish the committed job's outbox message; if the broker is down, beat's relay sends it later."""
     try:
-        publish_submitted(services().engine, services().celery, job)
+        publish_submitted(services().engine, services().celery, job, services().sent_marks)
     except Exception:  # the job is committed; only the wake-up call is late
         log.warning("could not publish job %s now; the relay will retry", job.id, exc_info=True)
 

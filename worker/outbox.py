@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -65,26 +68,84 @@ def relay_outbox(
         return sent
 
 
-def publish_submitted(engine: Engine, celery_app: Celery, job: Job) -> None:
+def publish_submitted(engine: Engine, celery_app: Celery, job: Job, marks: SentMarks | None = None) -> None:
     """Send the message of a job just committed by `create_job(..., publish_grace_seconds=...)`, then
-    mark it sent; if it cannot be sent, make it due now, so that the relay's next pass retries it (and
-    counts the failures), and re-raise.
+    mark it sent (now, or in `marks`' next batch); if it cannot be sent, make it due now, so that the
+    relay's next pass retries it (and counts the failures), and re-raise.
 
     One UPDATE instead of the relay's select-and-update: the grace keeps the relay off the message meanwhile.
     """
-    unsent = update(OutboxMessage).where(OutboxMessage.job_id == job.id, OutboxMessage.sent_at.is_(None))
     try:
         _send(celery_app, TASK_NAMES[job.kind], job.id, job.queue, job.priority)
     except Exception as exc:
         with engine.begin() as connection:
-            connection.execute(unsent.values(available_at=utcnow(), last_error=_describe(exc)))
+            connection.execute(_unsent([job.id]).values(available_at=utcnow(), last_error=_describe(exc)))
         raise
+    if marks is not None:
+        marks.add(job.id)
+    else:
+        _mark_sent(engine, [job.id])
+
+
+class SentMarks:
+    """Marks the messages an API process has just sent as sent, many in one UPDATE, off the request path.
+
+    A mark lost with the process (killed before its batch) costs what a lost mark always cost: the relay
+    sends the message again once its grace has passed, and the claim drops the duplicate.
+    """
+
+    def __init__(self, engine: Engine, gather_seconds: float = 0.1) -> None:
+        self.engine = engine
+        self.gather_seconds = gather_seconds  # how long a batch gathers the marks of concurrent submissions
+        self._lock = threading.Lock()
+        self._pending: list[int] = []
+        self._thread: threading.Thread | None = None
+        self._at_exit = False
+
+    def add(self, job_id: int) -> None:
+        with self._lock:
+            self._pending.append(job_id)
+            if self._thread is None:  # one thread while marks are pending; it ends when none are left
+                self._thread = threading.Thread(target=self._run, name="outbox-marks", daemon=True)
+                self._thread.start()
+                if not self._at_exit:
+                    atexit.register(self.flush)
+                    self._at_exit = True
+
+    def flush(self) -> int:
+        """Mark every pending message sent now; return how many were pending."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            try:
+                _mark_sent(self.engine, batch)
+            except Exception:  # the relay sends these again after their grace; the claim drops the duplicates
+                log.warning("outbox: could not mark %d sent messages; the relay will send them again",
+                            len(batch), exc_info=True)
+        return len(batch)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.gather_seconds)
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    return
+            self.flush()
+
+
+def _unsent(job_ids: list[int]):
+    return update(OutboxMessage).where(OutboxMessage.job_id.in_(job_ids), OutboxMessage.sent_at.is_(None))
+
+
+def _mark_sent(engine: Engine, job_ids: list[int]) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             # A crash that loses this mark costs a second message, which the claim drops: no need to
             # wait for the WAL to reach the disk.
             connection.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        connection.execute(unsent.values(sent_at=utcnow(), publish_attempts=OutboxMessage.publish_attempts + 1))
+        connection.execute(_unsent(job_ids).values(sent_at=utcnow(),
+                                                   publish_attempts=OutboxMessage.publish_attempts + 1))
 
 
 def _due(session: Session, job_ids: Iterable[int] | None, limit: int):

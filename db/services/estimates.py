@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.enums import JobStatus
-from db.models import Dataset, Job, JobDataset, Worker
+from db.models import Dataset, Job, Worker
 from db.services.jobs import add_event
 
 PAST_JOBS = 10  # the last this many succeeded jobs like it
@@ -45,18 +45,30 @@ class Estimate:
 
 
 def estimate(session: Session, job: Job) -> Estimate | None:
-    """Return how long `job` should run, or None where no past job like it was measured."""
+    """Return how long `job` should run, or None where no past job like it was measured.
+
+    `job` may be pending (added, not flushed): a submission stores its estimate in the job's INSERT.
+    """
     work = _work(session, job)
     if not work:
         return None
+    past = _past_jobs(session, job)
+    key = "base_model" if job.kind in TRAINING_KINDS else "model"
+    model = (job.params or {}).get(key)
     for same_model in (True, False):
-        measured = _past_rates(session, job, same_model)
+        measured = _rates(other for other in past if not same_model or (other.params or {}).get(key) == model)
         if measured:
             rate = statistics.median(rate for rate, _overhead in measured)
             overhead = statistics.median(overhead for _rate, overhead in measured)
             unit = "samples" if job.kind in TRAINING_KINDS else "rows"
             return Estimate(overhead + work / rate, rate, unit, work, len(measured), same_model, overhead)
     return None
+
+
+def run_seconds(session: Session, job: Job) -> float | None:
+    """The job's estimated run time in seconds (`estimate`), or None."""
+    found = estimate(session, job)
+    return found.seconds if found else None
 
 
 def check_deadline(session: Session, job: Job, *, starting_at: datetime | None = None, when: str = "submitted") -> None:
@@ -189,31 +201,38 @@ def _work(session: Session, job: Job) -> float | None:
     if job.kind in TRAINING_KINDS:
         if params.get("max_steps"):
             return float(params["max_steps"] * params.get("batch_size", 16))
-        rows = _rows(session, job.id, "train")
+        rows = _rows(session, job, "train")
         share = 1 - params.get("validation_fraction", 0.1) if params.get("validation_dataset_id") is None else 1
         return rows * share * params.get("epochs", 3.0) if rows else None
-    return _rows(session, job.id, "input" if job.kind == "batch_inference" else "evaluate")
+    return _rows(session, job, "input" if job.kind == "batch_inference" else "evaluate")
 
 
-def _rows(session: Session, job_id: int, role: str) -> float | None:
-    return session.scalar(select(Dataset.row_count).join(JobDataset, JobDataset.dataset_id == Dataset.id)
-                          .where(JobDataset.job_id == job_id, JobDataset.role == role))
+def _rows(session: Session, job: Job, role: str) -> float | None:
+    """Rows of the job's dataset in `role` (the job may be pending: its links are read, not queried)."""
+    for link in job.datasets:
+        if link.role == role:
+            return session.scalar(select(Dataset.row_count).where(Dataset.id == link.dataset_id))
+    return None
 
 
-def _past_rates(session: Session, job: Job, same_model: bool) -> list[tuple[float, float]]:
-    """(rate, overhead) of the last past jobs like `job`."""
-    key = "base_model" if job.kind in TRAINING_KINDS else "model"
-    # Only the columns a rate needs: this runs in every claim's transaction.
-    past = session.execute(
+def _past_jobs(session: Session, job: Job) -> list:
+    """The last succeeded jobs of the same tenant, kind, task and queue as `job`, newest first, as rows of the
+    columns a rate needs (this runs in every claim's transaction)."""
+    query = (
         select(Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)
         .where(Job.tenant_id == job.tenant_id, Job.status == JobStatus.SUCCEEDED, Job.kind == job.kind,
-               Job.task == job.task, Job.queue == job.queue, Job.id != job.id)
+               Job.task == job.task, Job.queue == job.queue)
         .order_by(Job.id.desc()).limit(PAST_JOBS * 5)
     )
+    if job.id is not None:
+        query = query.where(Job.id != job.id)
+    return session.execute(query).all()
+
+
+def _rates(past) -> list[tuple[float, float]]:
+    """(rate, overhead) of up to PAST_JOBS of the `past` jobs that measured one."""
     rates = []
     for other in past:
-        if same_model and (other.params or {}).get(key) != (job.params or {}).get(key):
-            continue
         measured = _measure(other)
         if measured:
             rates.append(measured)

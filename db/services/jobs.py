@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Text, and_, cast, func, or_, select, update
+from sqlalchemy import Row, Text, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -46,12 +47,16 @@ def create_job(
     datasets: list[tuple[int, str]] = (),
     publish_grace_seconds: float = 0.0,
     not_before: datetime | None = None,
+    deadline: datetime | None = None,
+    run_window: str | None = None,
+    estimate: Callable[[Session, Job], float | None] | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job and its outbox message, or a scheduled one (`not_before` in the future: no message
     until the sweeper releases it then); return (job, created).
 
     `publish_grace_seconds`: the caller sends the message itself after the commit; the relay sends it
-    only once this has passed unsent.
+    only once this has passed unsent. `estimate(session, job)`: the new job's run time in seconds, stored
+    with its INSERT (`db.services.estimates.run_seconds`).
     """
     if idempotency_key is not None:
         existing = session.scalars(
@@ -78,9 +83,14 @@ def create_job(
         idempotency_key=idempotency_key,
         status=JobStatus.SCHEDULED if not_before is not None and not_before > utcnow() else JobStatus.QUEUED,
         not_before=not_before,
+        deadline=deadline,
+        run_window=run_window,
         datasets=[JobDataset(dataset_id=d, role=role) for d, role in datasets],
     )
     session.add(job)
+    if estimate is not None:
+        with session.no_autoflush:  # read past jobs without inserting this one before it is complete
+            job.estimated_run_seconds = estimate(session, job)
     session.flush()  # the job's id; its message and event go out in the caller's commit, in one flush
     if job.status == JobStatus.SCHEDULED:
         add_event(session, job.id, "status", f"{kind} job scheduled to start on '{queue}' at "
@@ -182,10 +192,14 @@ def queue_position(session: Session, job: Job) -> int | None:
     tenant with fewer jobs running ahead at equal priority); None unless the job is queued."""
     if job.status != JobStatus.QUEUED:
         return None
-    ahead = session.scalar(select(func.count()).select_from(Job).where(
-        Job.queue == job.queue, Job.kind == job.kind, Job.status == JobStatus.QUEUED,
-        or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id))))
+    ahead = session.scalar(_JOBS_AHEAD, {"queue": job.queue, "kind": job.kind, "priority": job.priority, "id": job.id})
     return ahead + 1
+
+
+# Built once: every submission's response counts the jobs ahead of it.
+_JOBS_AHEAD = select(func.count()).select_from(Job).where(
+    Job.queue == bindparam("queue"), Job.kind == bindparam("kind"), Job.status == JobStatus.QUEUED,
+    or_(Job.priority > bindparam("priority"), and_(Job.priority == bindparam("priority"), Job.id < bindparam("id"))))
 
 
 def add_event(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from db.enums import TokenRole
@@ -38,9 +38,12 @@ def issue_token(session: Session, tenant: Tenant, *, name: str = "default", raw:
     return raw
 
 
+_TOKEN_BY_HASH = select(ApiToken).where(ApiToken.token_hash == bindparam("token_hash"))  # built once: every request
+
+
 def authenticate(session: Session, raw: str) -> ApiToken | None:
     """Return the live token matching `raw`, or None."""
-    token = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(raw))).first()
+    token = session.scalars(_TOKEN_BY_HASH, {"token_hash": hash_token(raw)}).first()
     if token is None or token.revoked_at is not None:
         return None
     return token

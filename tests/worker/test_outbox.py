@@ -14,6 +14,7 @@ from db.base import utcnow
 from db.models import Job, JobEvent, OutboxMessage
 from db.services.jobs import create_job
 from db.services.tenants import get_or_create_tenant
+from tests.helpers import wait_until
 from worker.broker import pending_job_ids
 from worker.celery_app import make_celery
 from worker.config import Settings
@@ -21,6 +22,7 @@ from worker.outbox import (
     BROKER_DOWN_ERRORS,
     MAX_PUBLISH_FAILURES,
     SUBMIT_PUBLISH_GRACE_SECONDS,
+    SentMarks,
     publish_submitted,
     relay_outbox,
 )
@@ -140,6 +142,36 @@ def test_the_api_sends_a_new_jobs_message_itself_and_the_relay_leaves_it_alone(s
     assert message.sent_at is not None and message.publish_attempts == 1
     make_due(session_factory)
     assert relay_outbox(session_factory, celery) == 0  # sent: never sent twice
+
+
+def test_the_api_marks_the_messages_it_sent_in_batches_off_the_request_path(session_factory, celery, redis_url):
+    jobs = [submit_as_the_api(session_factory) for _ in range(5)]
+    marks = SentMarks(session_factory.kw["bind"], gather_seconds=0.05)
+
+    for job in jobs:
+        publish_submitted(session_factory.kw["bind"], celery, job, marks)
+
+    assert pending_job_ids(redis_url, [QUEUE], delivered_within_seconds=5) == {job.id for job in jobs}
+    wait_until(lambda: all(message_of(session_factory, job.id).sent_at is not None for job in jobs), timeout=30,
+               message="the batch marked every sent message")
+    assert [message_of(session_factory, job.id).publish_attempts for job in jobs] == [1] * 5
+    make_due(session_factory)
+    assert relay_outbox(session_factory, celery) == 0  # marked: never sent twice
+    assert marks.flush() == 0  # nothing left pending; the thread ended with its last batch
+    wait_until(lambda: marks._thread is None, timeout=10, message="the marking thread ended")
+
+
+def test_marks_that_cannot_be_written_leave_the_messages_to_the_relay(session_factory, celery, redis_url):
+    job = submit_as_the_api(session_factory)
+    marks = SentMarks(session_factory.kw["bind"], gather_seconds=60)  # flushed by hand below
+    publish_submitted(session_factory.kw["bind"], celery, job, marks)
+    marks.engine = session_factory.kw["bind"].execution_options(schema_translate_map={None: "no_such_schema"})
+
+    assert marks.flush() == 1  # the UPDATE fails: logged, not raised
+
+    assert message_of(session_factory, job.id).sent_at is None
+    make_due(session_factory)
+    assert relay_outbox(session_factory, celery) == 1  # sent again after its grace; the claim drops the duplicate
 
 
 def test_a_new_jobs_message_the_api_could_not_send_is_due_for_the_relay_at_once(session_factory, celery, redis_url):
