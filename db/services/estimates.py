@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -211,22 +211,27 @@ def _rows(session: Session, job: Job, role: str) -> float | None:
     """Rows of the job's dataset in `role` (the job may be pending: its links are read, not queried)."""
     for link in job.datasets:
         if link.role == role:
-            return session.scalar(select(Dataset.row_count).where(Dataset.id == link.dataset_id))
+            return session.scalar(_ROW_COUNT, {"id": link.dataset_id})
     return None
+
+
+_ROW_COUNT = select(Dataset.row_count).where(Dataset.id == bindparam("id"))
 
 
 def _past_jobs(session: Session, job: Job) -> list:
     """The last succeeded jobs of the same tenant, kind, task and queue as `job`, newest first, as rows of the
     columns a rate needs (this runs in every claim's transaction)."""
-    query = (
-        select(Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)
-        .where(Job.tenant_id == job.tenant_id, Job.status == JobStatus.SUCCEEDED, Job.kind == job.kind,
-               Job.task == job.task, Job.queue == job.queue)
-        .order_by(Job.id.desc()).limit(PAST_JOBS * 5)
-    )
-    if job.id is not None:
-        query = query.where(Job.id != job.id)
-    return session.execute(query).all()
+    like = {"tenant_id": job.tenant_id, "kind": job.kind, "task": job.task, "queue": job.queue}
+    return [other for other in session.execute(_PAST_JOBS, like) if other.id != job.id]
+
+
+# Built once (every submission runs it): the last succeeded jobs of a tenant, kind, task and queue.
+_PAST_JOBS = (
+    select(Job.id, Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)
+    .where(Job.tenant_id == bindparam("tenant_id"), Job.status == JobStatus.SUCCEEDED, Job.kind == bindparam("kind"),
+           Job.task == bindparam("task"), Job.queue == bindparam("queue"))
+    .order_by(Job.id.desc()).limit(PAST_JOBS * 5)
+)
 
 
 def _rates(past) -> list[tuple[float, float]]:
