@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Text, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import Row, Text, and_, bindparam, cast, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -96,9 +96,15 @@ def create_job(
         add_event(session, job.id, "status", f"{kind} job scheduled to start on '{queue}' at "
                   f"{not_before:%Y-%m-%d %H:%M:%S} UTC", data={"status": "scheduled"})
         return job, True
-    session.add(_message_for(job, publish_grace_seconds))
-    add_event(session, job.id, "status", f"{kind} job queued on '{queue}'", data={"status": "queued"})
+    # Inserted at once, not through the unit of work: they are written, never read back here.
+    session.execute(_INSERT_MESSAGE, _message_values(job, publish_grace_seconds))
+    session.execute(_INSERT_EVENT, {"job_id": job.id, "type": "status", "level": "info",
+                                    "message": f"{kind} job queued on '{queue}'", "data": {"status": "queued"}})
     return job, True
+
+
+_INSERT_MESSAGE = insert(OutboxMessage.__table__)
+_INSERT_EVENT = insert(JobEvent.__table__)
 
 
 def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> OutboxMessage:
@@ -110,13 +116,12 @@ def enqueue(session: Session, job: Job, *, delay_seconds: float = 0.0) -> Outbox
 
 
 def _message_for(job: Job, delay_seconds: float) -> OutboxMessage:
-    return OutboxMessage(
-        job_id=job.id,
-        task_name=TASK_NAMES[job.kind],
-        queue=job.queue,
-        priority=job.priority,
-        available_at=utcnow() + timedelta(seconds=delay_seconds),
-    )
+    return OutboxMessage(**_message_values(job, delay_seconds))
+
+
+def _message_values(job: Job, delay_seconds: float) -> dict[str, Any]:
+    return {"job_id": job.id, "task_name": TASK_NAMES[job.kind], "queue": job.queue, "priority": job.priority,
+            "available_at": utcnow() + timedelta(seconds=delay_seconds)}
 
 
 def fail_queued_job(session: Session, job_id: int, *, code: str, reason: str) -> bool:
