@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -29,10 +30,17 @@ def packaged_model_path(ref: str) -> Path | None:
     if ref not in PACKAGED_MODELS:
         return None
     package, subdir = PACKAGED_MODELS[ref]
+    directory = _package_directory(package)
+    return directory / subdir if directory is not None else None
+
+
+@functools.lru_cache(maxsize=None)
+def _package_directory(package: str) -> Path | None:
+    """Where an installed package lives (looked up once per process: every submission naming it asks)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0]) / subdir
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def check_local_model(path: Path) -> None:

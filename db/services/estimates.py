@@ -115,8 +115,8 @@ def expected_start(session: Session, job: Job, *, alive_within_seconds: float, c
     if job.status not in (JobStatus.QUEUED, JobStatus.SCHEDULED):
         return None
     now = utcnow()
-    workers = sum(job.queue in (worker.queues or []) for worker in session.scalars(
-        select(Worker).where(Worker.last_seen_at >= now - timedelta(seconds=alive_within_seconds))))
+    workers = sum(job.queue in (queues or []) for queues in session.scalars(
+        _LIVE_WORKER_QUEUES, {"seen_after": now - timedelta(seconds=alive_within_seconds)}))
     if not workers:
         return None
     running = []  # (seconds left, tenant)
@@ -225,7 +225,8 @@ def _past_jobs(session: Session, job: Job) -> list:
     return [other for other in session.execute(_PAST_JOBS, like) if other.id != job.id]
 
 
-# Built once (every submission runs it): the last succeeded jobs of a tenant, kind, task and queue.
+# Built once, as every submission runs them: the queues of the live workers; the last succeeded jobs of a tenant, kind, task and queue.
+_LIVE_WORKER_QUEUES = select(Worker.queues).where(Worker.last_seen_at >= bindparam("seen_after"))
 _PAST_JOBS = (
     select(Job.id, Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)
     .where(Job.tenant_id == bindparam("tenant_id"), Job.status == JobStatus.SUCCEEDED, Job.kind == bindparam("kind"),

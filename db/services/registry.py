@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -60,12 +60,18 @@ def _registered(session: Session, tenant_id: int, name: str) -> bool:
 def resolve_model(session: Session, tenant_id: int, ref: str) -> ModelArtifact | None:
     """Return the registered model `name` (latest) or `name:version`, or None."""
     name, _, version = ref.partition(":")
-    query = select(ModelArtifact).where(ModelArtifact.tenant_id == tenant_id, ModelArtifact.name == name)
-    if version:
-        if not version.isdecimal() or not is_row_id(int(version)):  # isdigit() passes '²'
-            return None
-        query = query.where(ModelArtifact.version == int(version))
-    return session.scalars(query.order_by(ModelArtifact.version.desc())).first()
+    if not version:
+        return session.scalars(_LATEST_MODEL, {"tenant_id": tenant_id, "name": name}).first()
+    if not version.isdecimal() or not is_row_id(int(version)):  # isdigit() passes '²'
+        return None
+    return session.scalars(_MODEL_VERSION, {"tenant_id": tenant_id, "name": name, "version": int(version)}).first()
+
+
+# Built once: every submission that names a model resolves it.
+_LATEST_MODEL = (select(ModelArtifact)
+                 .where(ModelArtifact.tenant_id == bindparam("tenant_id"), ModelArtifact.name == bindparam("name"))
+                 .order_by(ModelArtifact.version.desc()).limit(1))
+_MODEL_VERSION = _LATEST_MODEL.where(ModelArtifact.version == bindparam("version"))
 
 
 def list_models(session: Session, tenant_id: int, *, name: str | None = None) -> list[ModelArtifact]:
