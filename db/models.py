@@ -88,8 +88,8 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "id"),
         Index("ix_jobs_tenant_status", "tenant_id", "status", "id"),  # GET /jobs?status=..., newest first
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        # A queued job's place in its queue (higher priority first, then older), counted in the index alone.
-        Index("ix_jobs_queue_order", "status", "queue", "priority", "id"),
+        # A queued job's place in its queue and kind (higher priority first, then older), counted in the index alone.
+        Index("ix_jobs_queue_order", "status", "queue", "kind", "priority", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
