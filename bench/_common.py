@@ -70,3 +70,26 @@ def running_stack(**overrides):
             yield Client(settings.base_url, ensure_local_token(settings), timeout=600), settings
         finally:
             stack.stop()
+
+
+@contextlib.contextmanager
+def scratch_postgres(server_url: str, revision: str = "head"):
+    """Yield the URL of a fresh PostgreSQL database on `server_url`'s server, migrated to `revision`; drop it
+    afterwards (a run never measures the rows an earlier one left)."""
+    import uuid
+
+    import psycopg
+
+    from db.migrate import upgrade
+
+    plain = server_url.replace("postgresql+psycopg://", "postgresql://")
+    name = f"nightshift_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{server_url.rpartition('/')[0]}/{name}"
+    try:
+        upgrade(url, revision)
+        yield url
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -32,11 +32,10 @@ import statistics
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import requests
-from _common import command_line
+from _common import command_line, scratch_postgres
 from _poll_data import load
 from sqlalchemy import event
 
@@ -59,19 +58,8 @@ def scratch_database(kind: str, server_url: str, scratch: Path, revision: str):
         upgrade(url, revision)
         yield url
         return
-    import psycopg
-
-    plain = server_url.replace("postgresql+psycopg://", "postgresql://")
-    name = f"nightshift_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server_url.rpartition('/')[0]}/{name}"
-    try:
-        upgrade(url, revision)
+    with scratch_postgres(server_url, revision) as url:
         yield url
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager

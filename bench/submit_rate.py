@@ -15,6 +15,7 @@ Prints jobs/s of each, their ratio, and the API's latency percentiles per reques
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import statistics
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _common import command_line
+from _common import command_line, scratch_postgres
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -74,8 +75,11 @@ def main() -> None:
     from nightshift.stack import Stack, free_port
     from worker.config import Settings
 
-    with tempfile.TemporaryDirectory(prefix="nightshift-bench-") as data_dir:
-        settings = Settings.from_env(data_dir=data_dir, database_url=args.database_url, api_port=free_port(),
+    with contextlib.ExitStack() as scratch:
+        data_dir = scratch.enter_context(tempfile.TemporaryDirectory(prefix="nightshift-bench-"))
+        # An empty database on either backend: the queue each submission counts its place in starts empty.
+        database_url = scratch.enter_context(scratch_postgres(args.database_url)) if args.database_url else ""
+        settings = Settings.from_env(data_dir=data_dir, database_url=database_url, api_port=free_port(),
                                      api_workers=args.api_workers)
         stack = Stack(settings, workers=0)
         settings = stack.start(redis_url=None)
