@@ -225,7 +225,8 @@ def _past_jobs(session: Session, job: Job) -> list:
     return [other for other in session.execute(_PAST_JOBS, like) if other.id != job.id]
 
 
-# Built once, as every submission runs them: the queues of the live workers; the last succeeded jobs of a tenant, kind, task and queue.
+# Built once, as every submission runs them: the queues of the live workers; the last succeeded jobs of a
+# tenant, kind, task and queue.
 _LIVE_WORKER_QUEUES = select(Worker.queues).where(Worker.last_seen_at >= bindparam("seen_after"))
 _PAST_JOBS = (
     select(Job.id, Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)

@@ -91,7 +91,7 @@ def create_job(
     if estimate is not None:
         with session.no_autoflush:  # read past jobs without inserting this one before it is complete
             job.estimated_run_seconds = estimate(session, job)
-    session.flush()  # the job's id; its message and event go out in the caller's commit, in one flush
+    session.flush()  # the job's id, for its message and event
     if job.status == JobStatus.SCHEDULED:
         add_event(session, job.id, "status", f"{kind} job scheduled to start on '{queue}' at "
                   f"{not_before:%Y-%m-%d %H:%M:%S} UTC", data={"status": "scheduled"})
