@@ -152,6 +152,9 @@ def test_the_dashboard_in_a_browser(browser, dashboard, database, tiny_model, tm
 
     page.click("[data-testid=cancel]")
     expect(page.locator("#job-live [data-testid=status]")).to_have_text("cancelled")
+    # The page reloads itself once it sees the job end; leaving before that reload lands would let it take
+    # the browser back to this job from the next page.
+    expect(page.locator("#charts")).to_have_attribute("data-ended", "true")
     expect(page.locator("[data-testid=retry]")).to_be_visible()
     assert client.job(long_run["id"])["status"] == "cancelled"
 
