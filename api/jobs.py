@@ -467,8 +467,10 @@ def _check_model(session: Session, ref: str, field: str, task: str | None = None
         path = resolve_unregistered(ref, hub_enabled=services().settings.hub_enabled)
     except ModelRefError as exc:
         raise InvalidInput(f"{field}: {exc.message}", code=exc.code, details={"field": field}) from None
+    if task is None:
+        return None
     architectures = _architectures(Path(path))
-    if task is not None and untrained_for(task, architectures):
+    if untrained_for(task, architectures):
         raise InvalidInput(
             f"{field}: model '{ref}' is a {', '.join(architectures)}, not a {task} model; its {task} head would "
             "be new and untrained: fine-tune it for the task first and use the trained model",

@@ -7,7 +7,9 @@ submitted jobs stay queued; then, in the same run and against the same Redis:
   less CPU than `requests`: both run on the same cores as the server), submit --jobs fine-tune jobs in all;
 - --clients threads publish --jobs bare Celery messages with `send_task` (one app, its producer pool).
 
-Prints jobs/s of each, their ratio, and the API's latency percentiles per request.
+Prints jobs/s of each, their ratio, the latency percentiles per request, and the CPU each process spent
+per request (the API's gunicorn processes, beat, Redis, this process's clients): on a machine whose cores
+the server shares with its clients, the rate is bound by the sum.
 
     python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--database-url postgresql+psycopg://...]
 """
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -31,6 +34,22 @@ from _common import command_line, scratch_postgres
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def cpu_seconds(processes: dict[str, "psutil.Process"]) -> dict[str, float]:
+    """CPU seconds (user + system) spent so far by each named process and its children (but this
+    process's own children are the stack's processes, counted under their own names)."""
+    import psutil
+
+    spent = {}
+    for name, proc in processes.items():
+        total = 0.0
+        for member in [proc, *(proc.children(recursive=True) if proc.pid != os.getpid() else [])]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
+        spent[name] = total
+    return spent
 
 
 def run_threads(clients: int, total: int, send) -> tuple[float, list[float]]:
@@ -104,7 +123,14 @@ def main() -> None:
                 assert response.status == 202, text
 
             post(0)  # warm-up: connections, the first request of each process
+            import psutil
+
+            processes = {name: psutil.Process(stack.processes[name].pid) for name in ("api", "beat")}
+            processes["redis"] = psutil.Process(stack.redis.process.pid)
+            processes["clients"] = psutil.Process()
+            before = cpu_seconds(processes)
             api_wall, api_latencies = run_threads(args.clients, args.jobs, post)
+            api_cpu = {name: spent - before[name] for name, spent in cpu_seconds(processes).items()}
 
             app = Celery("bench", broker=settings.redis_url)
             app.conf.broker_connection_retry_on_startup = True
@@ -113,19 +139,22 @@ def main() -> None:
                 app.send_task("bench.sink", args=[1], queue="bench-sink")
 
             send(0)
+            before = cpu_seconds(processes)
             celery_wall, celery_latencies = run_threads(args.clients, args.jobs, send)
+            celery_cpu = {name: spent - before[name] for name, spent in cpu_seconds(processes).items()}
         finally:
             stack.stop()
     database = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
     print(f"command: {command_line()}")
     print(f"{args.jobs} submissions from {args.clients} threads; API: gunicorn with {args.api_workers} workers, {database}")
-    print(f"{'':32}{'per s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}")
+    print(f"{'':32}{'per s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}   CPU ms per request")
     celery_rate = args.jobs / celery_wall
-    for name, wall, latencies in (("bare Celery send_task", celery_wall, celery_latencies),
-                                  ("POST /api/v1/jobs", api_wall, api_latencies)):
+    for name, wall, latencies, cpu in (("bare Celery send_task", celery_wall, celery_latencies, celery_cpu),
+                                       ("POST /api/v1/jobs", api_wall, api_latencies, api_cpu)):
         rate = args.jobs / wall
+        spent = ", ".join(f"{process} {seconds / args.jobs * 1000:.2f}" for process, seconds in cpu.items())
         print(f"{name:32}{rate:9.1f}{rate / celery_rate:7.2f}x{statistics.median(latencies) * 1000:9.1f}"
-              f"{percentile(latencies, 0.99) * 1000:9.1f}{max(latencies) * 1000:10.1f}")
+              f"{percentile(latencies, 0.99) * 1000:9.1f}{max(latencies) * 1000:10.1f}   {spent}")
 
 
 if __name__ == "__main__":

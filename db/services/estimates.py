@@ -44,12 +44,15 @@ class Estimate:
                 f"past job{'s' if self.jobs != 1 else ''} {like}): about {_duration(self.seconds)}")
 
 
-def estimate(session: Session, job: Job) -> Estimate | None:
+def estimate(session: Session, job: Job, datasets: list[tuple[int, str]] | None = None) -> Estimate | None:
     """Return how long `job` should run, or None where no past job like it was measured.
 
-    `job` may be pending (added, not flushed): a submission stores its estimate in the job's INSERT.
+    `job` may be new (not inserted yet, its (dataset_id, role) pairs given as `datasets`): a submission
+    stores its estimate in the job's INSERT.
     """
-    work = _work(session, job)
+    if datasets is None:
+        datasets = [(link.dataset_id, link.role) for link in job.datasets]
+    work = _work(session, job, datasets)
     if not work:
         return None
     past = _past_jobs(session, job)
@@ -65,9 +68,9 @@ def estimate(session: Session, job: Job) -> Estimate | None:
     return None
 
 
-def run_seconds(session: Session, job: Job) -> float | None:
+def run_seconds(session: Session, job: Job, datasets: list[tuple[int, str]] | None = None) -> float | None:
     """The job's estimated run time in seconds (`estimate`), or None."""
-    found = estimate(session, job)
+    found = estimate(session, job, datasets)
     return found.seconds if found else None
 
 
@@ -195,27 +198,27 @@ def _simulated_start(job: Job, others, running: list[tuple[float, int]], *, work
             free += 1
 
 
-def _work(session: Session, job: Job) -> float | None:
+def _work(session: Session, job: Job, datasets: list[tuple[int, str]]) -> float | None:
     """The job's rows (evaluation, batch inference) or training samples."""
     params = job.params or {}
     if job.kind in TRAINING_KINDS:
         if params.get("max_steps"):
             return float(params["max_steps"] * params.get("batch_size", 16))
-        rows = _rows(session, job, "train")
+        rows = _rows(session, datasets, "train")
         share = 1 - params.get("validation_fraction", 0.1) if params.get("validation_dataset_id") is None else 1
         return rows * share * params.get("epochs", 3.0) if rows else None
-    return _rows(session, job, "input" if job.kind == "batch_inference" else "evaluate")
+    return _rows(session, datasets, "input" if job.kind == "batch_inference" else "evaluate")
 
 
-def _rows(session: Session, job: Job, role: str) -> float | None:
-    """Rows of the job's dataset in `role` (the job may be pending: its links are read, not queried)."""
-    for link in job.datasets:
-        if link.role == role:
-            return session.scalar(_ROW_COUNT, {"id": link.dataset_id})
+def _rows(session: Session, datasets: list[tuple[int, str]], role: str) -> float | None:
+    """Rows of the job's dataset in `role`."""
+    for dataset_id, held in datasets:
+        if held == role:
+            return session.scalar(_ROW_COUNT, {"id": dataset_id})
     return None
 
 
-_ROW_COUNT = select(Dataset.row_count).where(Dataset.id == bindparam("id"))
+_ROW_COUNT = select(Dataset.__table__.c.row_count).where(Dataset.__table__.c.id == bindparam("id"))
 
 
 def _past_jobs(session: Session, job: Job) -> list:
@@ -227,12 +230,14 @@ def _past_jobs(session: Session, job: Job) -> list:
 
 # Built once, as every submission runs them: the queues of the live workers; the last succeeded jobs of a
 # tenant, kind, task and queue.
-_LIVE_WORKER_QUEUES = select(Worker.queues).where(Worker.last_seen_at >= bindparam("seen_after"))
+# Core statements (of the tables, not the mapped classes): they skip the ORM's work per execution.
+_WORKERS, _JOBS = Worker.__table__.c, Job.__table__.c
+_LIVE_WORKER_QUEUES = select(_WORKERS.queues).where(_WORKERS.last_seen_at >= bindparam("seen_after"))
 _PAST_JOBS = (
-    select(Job.id, Job.kind, Job.params, Job.result, Job.progress_total, Job.started_at, Job.finished_at)
-    .where(Job.tenant_id == bindparam("tenant_id"), Job.status == JobStatus.SUCCEEDED, Job.kind == bindparam("kind"),
-           Job.task == bindparam("task"), Job.queue == bindparam("queue"))
-    .order_by(Job.id.desc()).limit(PAST_JOBS * 5)
+    select(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.result, _JOBS.progress_total, _JOBS.started_at, _JOBS.finished_at)
+    .where(_JOBS.tenant_id == bindparam("tenant_id"), _JOBS.status == JobStatus.SUCCEEDED,
+           _JOBS.kind == bindparam("kind"), _JOBS.task == bindparam("task"), _JOBS.queue == bindparam("queue"))
+    .order_by(_JOBS.id.desc()).limit(PAST_JOBS * 5)
 )
 
 

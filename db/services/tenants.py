@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from db.enums import TokenRole
@@ -38,12 +38,12 @@ def issue_token(session: Session, tenant: Tenant, *, name: str = "default", raw:
     return raw
 
 
-_TOKEN_BY_HASH = select(ApiToken).where(ApiToken.token_hash == bindparam("token_hash"))  # built once: every request
+# Built once, and read as a plain row: every API request runs it.
+_TOKENS = ApiToken.__table__
+_TOKEN_BY_HASH = select(_TOKENS.c.id, _TOKENS.c.tenant_id, _TOKENS.c.role).where(
+    _TOKENS.c.token_hash == bindparam("token_hash"), _TOKENS.c.revoked_at.is_(None))
 
 
-def authenticate(session: Session, raw: str) -> ApiToken | None:
-    """Return the live token matching `raw`, or None."""
-    token = session.scalars(_TOKEN_BY_HASH, {"token_hash": hash_token(raw)}).first()
-    if token is None or token.revoked_at is not None:
-        return None
-    return token
+def authenticate(session: Session, raw: str) -> Row | None:
+    """Return the live token matching `raw` as a row of (id, tenant_id, role), or None."""
+    return session.execute(_TOKEN_BY_HASH, {"token_hash": hash_token(raw)}).first()
