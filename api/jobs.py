@@ -21,7 +21,7 @@ from db.enums import JobStatus
 from db.base import utcnow
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job, ModelArtifact
-from db.services.datasets import get_dataset
+from db.services.datasets import read_dataset
 from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
 from db.services.pipelines import STEP_REFERENCE
 from db.services.estimates import check_deadline, expected_start, run_seconds
@@ -372,7 +372,7 @@ def _check_task(dataset: Dataset, task: str, field: str) -> None:
 
 def _dataset(session: Session, dataset_id: int, field: str) -> Dataset:
     try:
-        return get_dataset(session, tenant_id(), dataset_id)
+        return read_dataset(session, tenant_id(), dataset_id)
     except NotFound as exc:
         raise InvalidInput(f"{field}: {exc.message}", code="dataset_not_found", details={"field": field}) from None
 

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
+
 from _common import command_line, scratch_postgres
 
 
@@ -36,11 +38,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def cpu_seconds(processes: dict[str, "psutil.Process"]) -> dict[str, float]:
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     """CPU seconds (user + system) spent so far by each named process and its children (but this
     process's own children are the stack's processes, counted under their own names)."""
-    import psutil
-
     spent = {}
     for name, proc in processes.items():
         total = 0.0
@@ -123,8 +123,6 @@ def main() -> None:
                 assert response.status == 202, text
 
             post(0)  # warm-up: connections, the first request of each process
-            import psutil
-
             processes = {name: psutil.Process(stack.processes[name].pid) for name in ("api", "beat")}
             processes["redis"] = psutil.Process(stack.redis.process.pid)
             processes["clients"] = psutil.Process()

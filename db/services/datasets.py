@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -18,6 +18,24 @@ def get_dataset(session: Session, tenant_id: int, dataset_id: int) -> Dataset:
     if dataset is None or dataset.tenant_id != tenant_id or dataset.deleted_at is not None:
         raise NotFound(f"dataset {dataset_id} not found", code="dataset_not_found")
     return dataset
+
+
+def read_dataset(session: Session, tenant_id: int, dataset_id: int) -> Dataset:
+    """Return the tenant's live dataset as a read-only copy, outside the session, or raise NotFound.
+
+    For checks that only read it (every job submission checks its datasets): one Core SELECT, without the
+    ORM's loading and identity map.
+    """
+    row = session.execute(_LIVE_DATASET, {"id": dataset_id, "tenant_id": tenant_id}).first() \
+        if is_row_id(dataset_id) else None
+    if row is None:
+        raise NotFound(f"dataset {dataset_id} not found", code="dataset_not_found")
+    return Dataset(**row._mapping)
+
+
+_DATASETS = Dataset.__table__
+_LIVE_DATASET = select(_DATASETS).where(_DATASETS.c.id == bindparam("id"), _DATASETS.c.tenant_id == bindparam("tenant_id"),
+                                        _DATASETS.c.deleted_at.is_(None))
 
 
 def list_datasets(
