@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from collections.abc import Callable
 from contextvars import ContextVar
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, g, jsonify, request, send_file
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,8 +54,8 @@ def submit():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise InvalidInput(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters", code="bad_idempotency_key")
-    job, created = create_submission(submission, key)
-    return jsonify(_job_with_place(job)), 202 if created else 200
+    job, created, answer = create_submission(submission, key, answer=_job_with_place)
+    return jsonify(answer), 202 if created else 200
 
 
 def _job_with_place(job: Job) -> dict:
@@ -63,10 +66,13 @@ def _job_with_place(job: Job) -> dict:
         session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
 
 
-def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
-    """Check a parsed submission (`JobIn.root`), insert its job and publish it; return (job, created).
+def create_submission(submission, key: str | None = None, *, answer: Callable[[Job], Any] | None = None,
+                      ) -> tuple[Job, bool, Any]:
+    """Check a parsed submission (`JobIn.root`), insert its job and publish it; return (job, created, answer).
 
-    The API's POST /jobs and the dashboard's new-job form both submit through here.
+    `answer(job)`, if given, runs in the job's own transaction, before its commit (a POST's answer: the job
+    with its place in line; no second transaction to begin and end). The API's POST /jobs and the
+    dashboard's new-job form both submit through here.
     """
     session = db_session()
     datasets = _check_references(session, submission)
@@ -78,13 +84,15 @@ def create_submission(submission, key: str | None = None) -> tuple[Job, bool]:
             settings = services().settings
             check_deadline(session, job, starting_at=expected_start(
                 session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
+        answered = answer(job) if answer else None
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert: return its job
         session.rollback()
         job, created = _create(session, submission, key, datasets, deadline=deadline, run_window=run_window)
+        answered = answer(job) if answer else None
     if created and job.status == JobStatus.QUEUED:  # a scheduled job's message is written when it is released
         _publish_now(job)
-    return job, created
+    return job, created, answered
 
 
 def _create(session: Session, submission, key: str | None, datasets: list[tuple[int, str]], **extra):
@@ -102,7 +110,7 @@ def _create(session: Session, submission, key: str | None, datasets: list[tuple[
         datasets=datasets,
         publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS,
         not_before=start_time(submission.not_before),
-        estimate=run_seconds,
+        estimate=partial(run_seconds, row_counts=g.get("dataset_rows")),
         **extra,
     )
 
@@ -372,9 +380,11 @@ def _check_task(dataset: Dataset, task: str, field: str) -> None:
 
 def _dataset(session: Session, dataset_id: int, field: str) -> Dataset:
     try:
-        return read_dataset(session, tenant_id(), dataset_id)
+        dataset = read_dataset(session, tenant_id(), dataset_id)
     except NotFound as exc:
         raise InvalidInput(f"{field}: {exc.message}", code="dataset_not_found", details={"field": field}) from None
+    g.setdefault("dataset_rows", {})[dataset.id] = dataset.row_count  # the job's estimate needs no query of its own
+    return dataset
 
 
 def _labelled(session: Session, dataset_id: int, field: str) -> Dataset:

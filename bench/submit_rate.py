@@ -8,7 +8,8 @@ submitted jobs stay queued; then, in the same run and against the same Redis:
 - --clients threads publish --jobs bare Celery messages with `send_task` (one app, its producer pool).
 
 Prints jobs/s of each, their ratio, the latency percentiles per request, and the CPU each process spent
-per request (the API's gunicorn processes, beat, Redis, this process's clients): on a machine whose cores
+per request (the API's gunicorn processes, beat, Redis, PostgreSQL where it runs on this machine, this
+process's clients): on a machine whose cores
 the server shares with its clients, the rate is bound by the sum.
 
     python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--database-url postgresql+psycopg://...]
@@ -126,6 +127,9 @@ def main() -> None:
             processes = {name: psutil.Process(stack.processes[name].pid) for name in ("api", "beat")}
             processes["redis"] = psutil.Process(stack.redis.process.pid)
             processes["clients"] = psutil.Process()
+            if database_url:  # the PostgreSQL server on this machine, if it runs here: its postmaster and backends
+                processes.update({"postgres": proc for proc in psutil.process_iter(["name", "ppid"])
+                                  if proc.info["name"] == "postgres" and psutil.Process(proc.info["ppid"]).name() != "postgres"})
             before = cpu_seconds(processes)
             api_wall, api_latencies = run_threads(args.clients, args.jobs, post)
             api_cpu = {name: spent - before[name] for name, spent in cpu_seconds(processes).items()}

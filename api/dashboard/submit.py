@@ -57,7 +57,7 @@ def new_job():
                                                    "priority": values["priority"] or 5}).root
                 from api.jobs import create_submission
 
-                job, _created = create_submission(submission)
+                job, _created, _answer = create_submission(submission)
                 flash(f"Job {job.id} queued.", "info")
                 return redirect(url_for("dashboard.job", job_id=job.id))
             except ValidationError as exc:

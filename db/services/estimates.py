@@ -44,15 +44,16 @@ class Estimate:
                 f"past job{'s' if self.jobs != 1 else ''} {like}): about {_duration(self.seconds)}")
 
 
-def estimate(session: Session, job: Job, datasets: list[tuple[int, str]] | None = None) -> Estimate | None:
+def estimate(session: Session, job: Job, datasets: list[tuple[int, str]] | None = None,
+             row_counts: dict[int, int] | None = None) -> Estimate | None:
     """Return how long `job` should run, or None where no past job like it was measured.
 
     `job` may be new (not inserted yet, its (dataset_id, role) pairs given as `datasets`): a submission
-    stores its estimate in the job's INSERT.
+    stores its estimate in the job's INSERT. `row_counts`: datasets' rows already read, by id.
     """
     if datasets is None:
         datasets = [(link.dataset_id, link.role) for link in job.datasets]
-    work = _work(session, job, datasets)
+    work = _work(session, job, datasets, row_counts or {})
     if not work:
         return None
     past = _past_jobs(session, job)
@@ -68,9 +69,10 @@ def estimate(session: Session, job: Job, datasets: list[tuple[int, str]] | None 
     return None
 
 
-def run_seconds(session: Session, job: Job, datasets: list[tuple[int, str]] | None = None) -> float | None:
+def run_seconds(session: Session, job: Job, datasets: list[tuple[int, str]] | None = None,
+                row_counts: dict[int, int] | None = None) -> float | None:
     """The job's estimated run time in seconds (`estimate`), or None."""
-    found = estimate(session, job, datasets)
+    found = estimate(session, job, datasets, row_counts)
     return found.seconds if found else None
 
 
@@ -198,23 +200,23 @@ def _simulated_start(job: Job, others, running: list[tuple[float, int]], *, work
             free += 1
 
 
-def _work(session: Session, job: Job, datasets: list[tuple[int, str]]) -> float | None:
+def _work(session: Session, job: Job, datasets: list[tuple[int, str]], row_counts: dict[int, int]) -> float | None:
     """The job's rows (evaluation, batch inference) or training samples."""
     params = job.params or {}
     if job.kind in TRAINING_KINDS:
         if params.get("max_steps"):
             return float(params["max_steps"] * params.get("batch_size", 16))
-        rows = _rows(session, datasets, "train")
+        rows = _rows(session, datasets, "train", row_counts)
         share = 1 - params.get("validation_fraction", 0.1) if params.get("validation_dataset_id") is None else 1
         return rows * share * params.get("epochs", 3.0) if rows else None
-    return _rows(session, datasets, "input" if job.kind == "batch_inference" else "evaluate")
+    return _rows(session, datasets, "input" if job.kind == "batch_inference" else "evaluate", row_counts)
 
 
-def _rows(session: Session, datasets: list[tuple[int, str]], role: str) -> float | None:
-    """Rows of the job's dataset in `role`."""
+def _rows(session: Session, datasets: list[tuple[int, str]], role: str, row_counts: dict[int, int]) -> float | None:
+    """Rows of the job's dataset in `role` (from `row_counts` where it is there)."""
     for dataset_id, held in datasets:
         if held == role:
-            return session.scalar(_ROW_COUNT, {"id": dataset_id})
+            return row_counts[dataset_id] if dataset_id in row_counts else session.scalar(_ROW_COUNT, {"id": dataset_id})
     return None
 
 
