@@ -76,10 +76,10 @@ def create_job(
     status = JobStatus.SCHEDULED if not_before is not None and not_before > now else JobStatus.QUEUED
     # Every column, so that the job below is complete without reading it back. One Core INSERT: the unit of
     # work cost about as much as the rest of a submission (a POST /jobs writes one job and reads none back).
-    values = {**_NEW_JOB, "tenant_id": tenant_id, "kind": kind, "task": task, "status": status, "params": params,
-              "priority": priority, "queue": queue, "idempotency_key": idempotency_key, "max_attempts": max_attempts,
-              "not_before": not_before, "deadline": deadline, "run_window": run_window, "result": {},
-              "created_at": now, "updated_at": now}
+    values = _new_job_values({
+        "tenant_id": tenant_id, "kind": kind, "task": task, "status": status, "params": params, "priority": priority,
+        "queue": queue, "idempotency_key": idempotency_key, "max_attempts": max_attempts, "not_before": not_before,
+        "deadline": deadline, "run_window": run_window, "created_at": now, "updated_at": now})
     job = Job(**values)
     if estimate is not None:
         values["estimated_run_seconds"] = job.estimated_run_seconds = estimate(session, job, list(datasets))
@@ -101,9 +101,20 @@ def create_job(
     return job, True
 
 
-# The columns a new job starts with besides those create_job sets (the model's defaults, written out).
-_NEW_JOB = {column.name: None for column in Job.__table__.columns if not column.primary_key} | {
-    "attempts": 0, "interruptions": 0, "epoch": 0, "cancel_requested": False, "progress_fraction": 0.0}
+def _new_job_values(given: dict[str, Any]) -> dict[str, Any]:
+    """Every column of a new job: `given`, else the model's default (as the unit of work applies it), else None."""
+    values = {}
+    for column in _JOB_COLUMNS:
+        if column.key in given:
+            values[column.key] = given[column.key]
+        elif column.default is not None:
+            values[column.key] = column.default.arg(None) if column.default.is_callable else column.default.arg
+        else:
+            values[column.key] = None
+    return values
+
+
+_JOB_COLUMNS = [column for column in Job.__table__.columns if not column.primary_key]
 _INSERT_JOB = insert(Job.__table__)
 _INSERT_LINK = insert(JobDataset.__table__)
 _INSERT_MESSAGE = insert(OutboxMessage.__table__)
