@@ -30,7 +30,7 @@ from api.schemas import (
     job_out,
 )
 from db.enums import JobStatus
-from db.errors import InvalidInput
+from db.errors import Conflict, InvalidInput
 from db.models import Job, Pipeline
 from db.services.pipelines import (
     Step,
@@ -39,7 +39,9 @@ from db.services.pipelines import (
     get_pipeline,
     list_pipelines,
     pipeline_events,
+    pipeline_jobs,
     pipeline_steps,
+    retry_pipeline,
     step_references,
     summarize,
 )
@@ -207,6 +209,69 @@ def cancel(pipeline_id: int):
     return jsonify(pipeline_out(pipeline, pipeline_steps(session, [pipeline.id])[pipeline.id])), 202
 
 
+@bp.post("/pipelines/<int:pipeline_id>/retry")
+@spec("Run the steps of an ended pipeline that did not succeed again, as new jobs of the same pipeline (the "
+      "steps that succeeded are kept, and the steps after them start from their models)", response=PipelineOut,
+      status=202)
+def retry(pipeline_id: int):
+    pipeline, jobs = retry_pipeline_submission(pipeline_id)
+    return jsonify(pipeline_out(pipeline, jobs)), 202
+
+
+def retry_pipeline_submission(pipeline_id: int) -> tuple[Pipeline, list[Job]]:
+    """Check an ended pipeline's failed and cancelled steps again as a submission would, insert their new jobs
+    and publish the ones that start at once; return (pipeline, its steps' jobs now).
+
+    The API's POST /pipelines/{id}/retry and the dashboard's retry button both go through here.
+    """
+    session = db_session()
+    settings = services().settings
+    pipeline = get_pipeline(session, tenant_id(), pipeline_id)
+    current = pipeline_steps(session, [pipeline.id])[pipeline.id]
+    running = [job.pipeline_step for job in current if not JobStatus(job.status).terminal]
+    if running:
+        raise Conflict(f"pipeline {pipeline_id} has steps that have not ended ({_quoted_steps(running)}); wait for "
+                       "them, or cancel the pipeline, then retry it", code="pipeline_not_ended",
+                       details={"steps": running})
+    if all(job.status == JobStatus.SUCCEEDED for job in current):
+        raise Conflict(f"every step of pipeline {pipeline_id} succeeded; nothing to run again",
+                       code="nothing_to_retry")
+    step_of = {job.id: job.pipeline_step for job in pipeline_jobs(session, pipeline.id)}
+    after_of = {job.pipeline_step: step_of.get(job.depends_on_id) for job in current}
+    steps = []
+    for index, job in enumerate(current):
+        if job.status == JobStatus.SUCCEEDED:
+            continue
+        submission = JobIn.model_validate({"kind": job.kind, "task": job.task, "params": job.params,
+                                           "priority": job.priority, "max_attempts": job.max_attempts}).root
+        earlier, name = [], after_of[job.pipeline_step]
+        while name is not None:
+            earlier.append(name)
+            name = after_of[name]
+        token = STEP_MODELS.set(frozenset(earlier))
+        try:  # what it names may have gone since (a deleted dataset or model): refused now, not at its start
+            datasets = _check_references(session, submission)
+        except InvalidInput as exc:
+            raise InvalidInput(f"steps[{index}] ('{job.pipeline_step}'): {exc.message}", code=exc.code,
+                               details={**(exc.details or {}), "step": job.pipeline_step}) from None
+        finally:
+            STEP_MODELS.reset(token)
+        steps.append(Step(name=job.pipeline_step, kind=job.kind, task=job.task,
+                          params=submission.params.model_dump(mode="json"), queue=settings.queue_for(job.kind),
+                          priority=job.priority, max_attempts=job.max_attempts, after=after_of[job.pipeline_step],
+                          datasets=datasets))
+    new = retry_pipeline(session, pipeline, steps, publish_grace_seconds=SUBMIT_PUBLISH_GRACE_SECONDS)
+    session.commit()
+    for job in new:
+        if job.status == JobStatus.QUEUED and job.depends_on_id is None:  # released ones: the relay sends theirs
+            _publish_now(job)
+    return pipeline, pipeline_steps(session, [pipeline.id])[pipeline.id]
+
+
+def _quoted_steps(names: list[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
 @bp.get("/pipelines/<int:pipeline_id>/events")
 @spec("Poll the events of every step of a pipeline after a cursor, oldest first", query=EventQuery,
       response=PipelineEventList)
@@ -214,9 +279,8 @@ def events(pipeline_id: int):
     query = parse_query(EventQuery)
     session = db_session()
     get_pipeline(session, tenant_id(), pipeline_id)
-    steps = {job.id: job.pipeline_step for job in pipeline_steps(session, [pipeline_id])[pipeline_id]}
     rows = pipeline_events(session, pipeline_id, after_id=query.after, limit=query.limit)
-    items = [PipelineEventOut.model_validate({**row._mapping, "pipeline_step": steps[row.job_id]}) for row in rows]
+    items = [PipelineEventOut.model_validate(row._mapping) for row in rows]
     body = PipelineEventList(items=items, next_cursor=rows[-1].id if rows else query.after)
     return jsonify(body.model_dump(mode="json"))
 

@@ -250,6 +250,10 @@ class Client:
         """Cancel every step of a pipeline that has not ended."""
         return self.request("POST", f"/pipelines/{pipeline_id}/cancel")
 
+    def retry_pipeline(self, pipeline_id: int) -> Body:
+        """Run the steps of an ended pipeline that did not succeed again, as new jobs; return the pipeline."""
+        return self.request("POST", f"/pipelines/{pipeline_id}/retry")
+
     def pipeline_events(self, pipeline_id: int, *, after: int = 0, limit: int | None = None) -> Body:
         """Return the events of a pipeline's steps with id above `after` (each names its step and job)."""
         return self.request("GET", f"/pipelines/{pipeline_id}/events", params=_clean({"after": after, "limit": limit}))

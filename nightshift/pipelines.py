@@ -1,4 +1,4 @@
-"""The `nightshift pipelines` commands: submit a pipeline file, list, show, cancel and watch pipelines,
+"""The `nightshift pipelines` commands: submit a pipeline file, list, show, cancel, retry and watch pipelines,
 and print their steps' events.
 
 A pipeline file is YAML or JSON: `{name, steps: [{name, kind, task, params, after, priority}, ...]}`,
@@ -21,7 +21,7 @@ STEP_KEYS = ("name", "after", "kind", "task", "params", "priority", "max_attempt
 
 def add_pipeline_commands(sub, common) -> None:
     """Add `nightshift pipelines` and its actions to the subparsers `sub`."""
-    parser = sub.add_parser("pipelines", help="submit, list, show, cancel and watch pipelines of jobs "
+    parser = sub.add_parser("pipelines", help="submit, list, show, cancel, retry and watch pipelines of jobs "
                                               "(alone: list pipelines)", parents=common)
     _list_arguments(parser)
     actions = parser.add_subparsers(metavar="ACTION")
@@ -35,7 +35,9 @@ def add_pipeline_commands(sub, common) -> None:
     submit.set_defaults(func=cmd_pipelines_submit)
     _list_arguments(actions.add_parser("list", help="list pipelines, newest first", parents=common))
     for name, func, helptext in (("show", cmd_pipelines_show, "show a pipeline and its steps"),
-                                 ("cancel", cmd_pipelines_cancel, "cancel every step that has not ended")):
+                                 ("cancel", cmd_pipelines_cancel, "cancel every step that has not ended"),
+                                 ("retry", cmd_pipelines_retry, "run the steps of an ended pipeline that did not "
+                                                                "succeed again (the steps that did are kept)")):
         command = actions.add_parser(name, help=helptext, parents=common)
         command.add_argument("pipeline_id", type=int)
         command.set_defaults(func=func)
@@ -106,6 +108,10 @@ def cmd_pipelines_show(args) -> int:
 
 def cmd_pipelines_cancel(args) -> int:
     return views.emit(args, connect(args).cancel_pipeline(args.pipeline_id), views.pipeline)
+
+
+def cmd_pipelines_retry(args) -> int:
+    return views.emit(args, connect(args).retry_pipeline(args.pipeline_id), views.pipeline)
 
 
 def cmd_pipelines_watch(args) -> int:

@@ -95,6 +95,21 @@ def cancel_pipeline_view(pipeline_id: int):
     return redirect(url_for("dashboard.pipeline", pipeline_id=pipeline_id))
 
 
+@bp.post("/pipelines/<int:pipeline_id>/retry")
+@writer
+def retry_pipeline_view(pipeline_id: int):
+    from api.pipelines import retry_pipeline_submission
+
+    _pipeline_or_404(pipeline_id)
+    try:
+        _pipeline, steps = retry_pipeline_submission(pipeline_id)
+        again = [job.pipeline_step for job in steps if not JobStatus(job.status).terminal]
+        flash(f"Pipeline {pipeline_id}: {', '.join(repr(name) for name in again)} run again.", "info")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("dashboard.pipeline", pipeline_id=pipeline_id))
+
+
 def _pipeline_or_404(pipeline_id: int):
     try:
         return get_pipeline(db_session(), g.tenant_id, pipeline_id)

@@ -145,8 +145,8 @@ def _resolved(session: Session, job: Job) -> tuple[dict[str, Any], str | None]:
     """Return the job's parameters with `@step` references replaced by `name:version`, or why not."""
     params = dict(job.params)
     for key, step in step_references(params).items():
-        source = session.scalars(select(Job).where(Job.pipeline_id == job.pipeline_id,
-                                                   Job.pipeline_step == step)).first()
+        source = session.scalars(select(Job).where(Job.pipeline_id == job.pipeline_id, Job.pipeline_step == step)
+                                 .order_by(Job.id.desc())).first()  # its newest job: a retried step's last run
         artifact = session.get(ModelArtifact, source.model_artifact_id) if source and source.model_artifact_id else None
         if artifact is None:
             return params, f"not run: step '{step}' registered no model for its {key} parameter"
@@ -188,11 +188,54 @@ def list_pipelines(session: Session, tenant_id: int, *, limit: int = 50, before_
 
 
 def pipeline_steps(session: Session, pipeline_ids: list[int]) -> dict[int, list[Job]]:
-    """Return each pipeline's step jobs in step order."""
-    steps: dict[int, list[Job]] = {pipeline_id: [] for pipeline_id in pipeline_ids}
+    """Return each pipeline's steps in step order, each as its newest job (a retried step's earlier jobs are
+    history: `pipeline_jobs` has them)."""
+    steps: dict[int, dict[str, Job]] = {pipeline_id: {} for pipeline_id in pipeline_ids}
     for job in session.scalars(select(Job).where(Job.pipeline_id.in_(pipeline_ids)).order_by(Job.id)):
-        steps[job.pipeline_id].append(job)
-    return steps
+        steps[job.pipeline_id][job.pipeline_step] = job  # a later job of a step takes its place, not a new one
+    return {pipeline_id: list(by_name.values()) for pipeline_id, by_name in steps.items()}
+
+
+def pipeline_jobs(session: Session, pipeline_id: int) -> list[Job]:
+    """Return every job of the pipeline, retried steps' earlier ones included, oldest first."""
+    return list(session.scalars(select(Job).where(Job.pipeline_id == pipeline_id).order_by(Job.id)))
+
+
+def retry_pipeline(session: Session, pipeline: Pipeline, steps: list[Step], *,
+                   publish_grace_seconds: float = 0.0) -> list[Job]:
+    """Run the given steps of an ended pipeline again, as new jobs of the same pipeline; return them.
+
+    `steps`: the steps that did not succeed, in step order, as the caller checked them (params as their
+    last job held them; `after` names the step each waits for). A step after none is queued at once; a
+    step after one that succeeded waits for that job and is released now, through `advance`, as if it
+    had just ended (its `@step` references resolved to the model that job registered); a step after one
+    run again waits for the new job. Earlier jobs stay as they were, the pipeline's history.
+    """
+    current = {job.pipeline_step: job for job in pipeline_steps(session, [pipeline.id])[pipeline.id]}
+    new: dict[str, Job] = {}
+    succeeded_before: list[int] = []
+    for step in steps:
+        earlier = current[step.name]
+        if step.after is None:
+            job, _ = create_job(session, tenant_id=pipeline.tenant_id, kind=step.kind, task=step.task,
+                                params=step.params, queue=step.queue, priority=step.priority,
+                                max_attempts=step.max_attempts, datasets=step.datasets,
+                                publish_grace_seconds=publish_grace_seconds)
+        else:
+            dependency = new.get(step.after) or current[step.after]
+            job = _waiting_job(session, pipeline.tenant_id, step, dependency)
+            if dependency.status == JobStatus.SUCCEEDED:
+                succeeded_before.append(dependency.id)
+        job.pipeline_id, job.pipeline_step = pipeline.id, step.name
+        add_event(session, job.id, "log", f"step '{step.name}' run again: job {earlier.id} {earlier.status}",
+                  data={"retry_of": earlier.id})
+        new[step.name] = job
+    session.flush()
+    if succeeded_before:
+        advance(session, ended=succeeded_before)
+    for job in new.values():
+        session.refresh(job)
+    return list(new.values())
 
 
 def summarize(steps: list[Job]) -> dict[str, Any]:
@@ -229,9 +272,9 @@ def cancel_pipeline(session: Session, tenant_id: int, pipeline_id: int) -> list[
 
 
 def pipeline_events(session: Session, pipeline_id: int, *, after_id: int = 0, limit: int = 500) -> list:
-    """Return the events of the pipeline's steps with id above `after_id`, oldest first, with each job's id."""
-    jobs = select(Job.id).where(Job.pipeline_id == pipeline_id)
-    query = (select(*EVENT_FIELDS, JobEvent.job_id).where(JobEvent.job_id.in_(jobs), JobEvent.id > after_id)
-             .order_by(JobEvent.id).limit(limit))
+    """Return the events of the pipeline's jobs (retried steps' earlier ones too) with id above `after_id`,
+    oldest first, each with its job's id and step."""
+    query = (select(*EVENT_FIELDS, JobEvent.job_id, Job.pipeline_step).join(Job, Job.id == JobEvent.job_id)
+             .where(Job.pipeline_id == pipeline_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit))
     return list(session.execute(query))
 

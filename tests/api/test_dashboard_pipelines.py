@@ -97,6 +97,7 @@ def test_a_succeeded_pipeline_stops_polling_and_offers_no_cancel(app, client, au
     assert '<span class="status succeeded" data-testid="pipeline-status">' in page
     assert set(steps_shown(page).values()) == {"succeeded"} and "100.0% · 3/3 steps succeeded" in page
     assert not polls(page) and 'data-testid="cancel-pipeline"' not in page
+    assert 'data-testid="retry-pipeline"' not in page  # nothing to run again
     assert f'data-pipeline="{pipeline["id"]}"' in client.get("/pipelines").text
 
 
@@ -138,6 +139,24 @@ def test_cancel_from_the_pipeline_page(client, auth, pipeline):
     assert client.post(f"/pipelines/{pipeline['id']}/cancel").status_code == 400  # no CSRF token
 
 
+def test_retry_from_the_page_of_a_cancelled_pipeline(client, auth, pipeline):
+    csrf = log_in(client, auth)
+    client.post(f"/pipelines/{pipeline['id']}/cancel", data={"csrf_token": csrf})
+    assert 'data-testid="retry-pipeline"' in client.get(f"/pipelines/{pipeline['id']}").text
+
+    response = client.post(f"/pipelines/{pipeline['id']}/retry", data={"csrf_token": csrf})
+
+    assert response.status_code == 302 and response.headers["Location"] == f"/pipelines/{pipeline['id']}"
+    page = html.unescape(client.get(response.headers["Location"]).text)
+    assert f"Pipeline {pipeline['id']}: 'tune', 'check', 'label' run again." in page
+    assert steps_shown(page) == {"tune": "queued", "check": "waiting", "label": "waiting"}
+    assert polls(page) and 'data-testid="cancel-pipeline"' in page and 'data-testid="retry-pipeline"' not in page
+    again = html.unescape(client.get(client.post(f"/pipelines/{pipeline['id']}/retry",
+                                                 data={"csrf_token": csrf}).headers["Location"]).text)
+    assert "has steps that have not ended ('tune', 'check', 'label')" in again  # said, not a server error
+    assert client.post(f"/pipelines/{pipeline['id']}/retry").status_code == 400  # no CSRF token
+
+
 def test_a_viewer_sees_no_cancel_and_cannot_post(app, client, pipeline):
     csrf = log_in(client, make_token(app, "acme", role="viewer"))
     page = client.get(f"/pipelines/{pipeline['id']}").text
@@ -148,6 +167,7 @@ def test_a_viewer_sees_no_cancel_and_cannot_post(app, client, pipeline):
     response = client.post(f"/pipelines/{pipeline['id']}/cancel", data={"csrf_token": csrf})
 
     assert response.status_code == 403 and "read-only" in response.text
+    assert client.post(f"/pipelines/{pipeline['id']}/retry", data={"csrf_token": csrf}).status_code == 403
     assert client.get("/pipelines/new").status_code == 403
     assert client.post("/pipelines/new", data={"csrf_token": csrf, "steps": "steps: []"}).status_code == 403
     assert steps_shown(client.get(f"/pipelines/{pipeline['id']}").text)["tune"] == "queued"

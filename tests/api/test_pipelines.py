@@ -108,6 +108,72 @@ def test_a_step_reference_outside_a_pipeline_is_refused(client, auth, labelled, 
 def test_another_tenants_pipeline_is_not_found(client, auth, other_auth, labelled, unlabelled, tiny_model):
     pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
 
-    for method, path in (("get", ""), ("get", "/events"), ("post", "/cancel")):
+    for method, path in (("get", ""), ("get", "/events"), ("post", "/cancel"), ("post", "/retry")):
         response = getattr(client, method)(f"{API}/pipelines/{pipeline['id']}{path}", headers=other_auth)
         assert_error(response, 404, "pipeline_not_found", f"pipeline {pipeline['id']} not found")
+
+
+def fail_first_step(app, pipeline: dict) -> None:
+    """End the pipeline as a failed first step does: the steps after it are cancelled."""
+    from db.services.jobs import fail_queued_job
+
+    with app.extensions["nightshift"].session_factory() as session, session.begin():
+        assert fail_queued_job(session, pipeline["steps"][0]["job"]["id"], code="out_of_memory",
+                               reason="the batch did not fit in memory")
+
+
+def test_a_retry_runs_the_steps_that_did_not_succeed_as_new_jobs_and_keeps_the_history(
+        app, client, auth, labelled, unlabelled, tiny_model, queue_length):
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+    assert_error(client.post(f"{API}/pipelines/{pipeline['id']}/retry", headers=auth), 409, "pipeline_not_ended",
+                 "'tune'", "cancel the pipeline")
+    fail_first_step(app, pipeline)
+    before = client.get(f"{API}/pipelines/{pipeline['id']}", headers=auth).get_json()
+    assert [s["job"]["status"] for s in before["steps"]] == ["failed", "cancelled", "cancelled"]
+    waiting = queue_length("gpu")
+
+    response = client.post(f"{API}/pipelines/{pipeline['id']}/retry", headers=auth)
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["status"] == "queued" and body["id"] == pipeline["id"]
+    assert [(s["name"], s["after"], s["job"]["status"]) for s in body["steps"]] == [
+        ("tune", None, "queued"), ("check", "tune", "waiting"), ("label", "tune", "waiting")]
+    old = {s["name"]: s["job"]["id"] for s in pipeline["steps"]}
+    new = {s["name"]: s["job"] for s in body["steps"]}
+    assert all(new[name]["id"] > old[name] for name in old)  # new jobs; the ended ones stay as they were
+    assert new["check"]["depends_on_id"] == new["label"]["depends_on_id"] == new["tune"]["id"]
+    assert new["check"]["params"]["model"] == "@tune"
+    assert client.get(f"{API}/jobs/{old['tune']}", headers=auth).get_json()["status"] == "failed"
+    assert queue_length("gpu") == waiting + 1  # the new first step's message
+    events = client.get(f"{API}/pipelines/{pipeline['id']}/events", headers=auth).get_json()["items"]
+    assert {(e["job_id"], e["pipeline_step"]) for e in events} == {*((old[n], n) for n in old),
+                                                                   *((new[n]["id"], n) for n in new)}
+    assert f"step 'tune' run again: job {old['tune']} failed" in [e["message"] for e in events]
+    assert_error(client.post(f"{API}/pipelines/{pipeline['id']}/retry", headers=auth), 409, "pipeline_not_ended")
+
+
+def test_a_pipeline_whose_steps_all_succeeded_has_nothing_to_retry(app, client, auth, labelled, unlabelled,
+                                                                     tiny_model):
+    from sqlalchemy import update
+
+    from db.models import Job
+
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+    with app.extensions["nightshift"].session_factory() as session, session.begin():
+        session.execute(update(Job).where(Job.pipeline_id == pipeline["id"]).values(status="succeeded"))
+
+    assert_error(client.post(f"{API}/pipelines/{pipeline['id']}/retry", headers=auth), 409, "nothing_to_retry",
+                 "every step", "succeeded")
+
+
+def test_a_retry_is_refused_when_a_step_names_data_deleted_since(app, client, auth, labelled, unlabelled, tiny_model):
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+    fail_first_step(app, pipeline)
+    assert client.delete(f"{API}/datasets/{unlabelled['id']}", headers=auth).status_code == 204
+
+    response = client.post(f"{API}/pipelines/{pipeline['id']}/retry", headers=auth)
+
+    assert_error(response, 422, "dataset_not_found", "steps[2] ('label')", f"dataset {unlabelled['id']} not found")
+    steps = client.get(f"{API}/pipelines/{pipeline['id']}", headers=auth).get_json()["steps"]
+    assert [s["job"]["id"] for s in steps] == [s["job"]["id"] for s in pipeline["steps"]]  # nothing was added

@@ -5,10 +5,18 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from db.enums import JobStatus
-from db.models import Job, JobEvent, OutboxMessage
+from db.models import Job, JobEvent, OutboxMessage, Pipeline
 from db.services.jobs import fail_queued_job, request_cancel
 from db.services.leases import LostAttempt, claim_job, end_lost_attempt, finish_job
-from db.services.pipelines import Step, advance, create_pipeline, pipeline_steps, summarize
+from db.services.pipelines import (
+    Step,
+    advance,
+    create_pipeline,
+    pipeline_jobs,
+    pipeline_steps,
+    retry_pipeline,
+    summarize,
+)
 from db.services.registry import register_model
 from db.services.tenants import get_or_create_tenant
 
@@ -124,3 +132,56 @@ def test_a_step_whose_reference_made_no_model_is_cancelled_with_that_reason(sess
     tune = rows(session_factory, jobs)["tune"]
     assert tune.status == "cancelled"
     assert tune.error_message == "not run: step 'adapt' registered no model for its base_model parameter"
+
+
+def retry(session_factory, pipeline_id: int) -> dict[str, Job]:
+    """Run the pipeline's steps that did not succeed again, as the API does; return the new jobs by step."""
+    with session_factory() as session, session.begin():
+        current = pipeline_steps(session, [pipeline_id])[pipeline_id]
+        step_of = {job.id: job.pipeline_step for job in pipeline_jobs(session, pipeline_id)}
+        steps = [Step(name=job.pipeline_step, kind=job.kind, task=job.task, params=job.params, queue=job.queue,
+                      after=step_of.get(job.depends_on_id)) for job in current if job.status != JobStatus.SUCCEEDED]
+        new = retry_pipeline(session, session.get(Pipeline, pipeline_id), steps)
+        return {job.pipeline_step: job for job in new}
+
+
+def test_a_retry_runs_the_failed_step_and_those_after_it_from_the_models_of_those_that_succeeded(session_factory):
+    tenant_id, pipeline_id, jobs = chain(session_factory, "adapt", "tune", "tune-again")
+    succeed(session_factory, jobs["adapt"], tenant_id, model_name="adapted")
+    with session_factory() as session, session.begin():
+        lease = claim_job(session, jobs["tune"], owner="w1", lease_seconds=60, max_interruptions=3)
+        finish_job(session, lease, JobStatus.FAILED, error_code="out_of_memory", error_message="the batch was too big")
+    assert rows(session_factory, jobs)["tune-again"].status == "cancelled"
+
+    new = retry(session_factory, pipeline_id)
+
+    assert sorted(new) == ["tune", "tune-again"]  # 'adapt' succeeded: kept, not run again
+    tune, again = rows(session_factory, {name: job.id for name, job in new.items()}).values()
+    assert tune.status == "queued" and tune.params["base_model"] == "adapted:1" and messages(session_factory, tune.id) == 1
+    assert tune.depends_on_id == jobs["adapt"]
+    assert again.status == "waiting" and again.depends_on_id == tune.id and again.params["base_model"] == "@tune"
+    assert [(job.status, job.error_code) for job in rows(session_factory, jobs).values()] == [
+        ("succeeded", None), ("failed", "out_of_memory"), ("cancelled", "dependency_not_succeeded")]  # history kept
+    with session_factory() as session:
+        assert [job.id for job in pipeline_steps(session, [pipeline_id])[pipeline_id]] == [jobs["adapt"], tune.id,
+                                                                                           again.id]
+        assert summarize(pipeline_steps(session, [pipeline_id])[pipeline_id])["status"] == "running"
+        assert session.scalars(select(JobEvent.message).where(JobEvent.job_id == tune.id)).all()[-2:] == [
+            f"step 'tune' run again: job {jobs['tune']} failed",
+            f"step 'adapt' (job {jobs['adapt']}) succeeded; queued on 'cpu'"]
+
+    succeed(session_factory, tune.id, tenant_id, model_name="tuned")  # registers tuned:1, the second run's model
+    again = rows(session_factory, {"again": again.id})["again"]
+    assert again.status == "queued" and again.params["base_model"] == "tuned:1"
+
+
+def test_a_retry_of_a_failed_first_step_queues_it_at_once_and_the_rest_wait_for_it(session_factory):
+    _tenant_id, pipeline_id, jobs = chain(session_factory, "adapt", "tune")
+    with session_factory() as session, session.begin():
+        assert fail_queued_job(session, jobs["adapt"], code="dataset_missing", reason="dataset 1 was deleted")
+
+    new = retry(session_factory, pipeline_id)
+
+    adapt, tune = rows(session_factory, {name: job.id for name, job in new.items()}).values()
+    assert adapt.status == "queued" and adapt.depends_on_id is None and messages(session_factory, adapt.id) == 1
+    assert tune.status == "waiting" and tune.depends_on_id == adapt.id and messages(session_factory, tune.id) == 0

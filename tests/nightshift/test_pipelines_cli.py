@@ -100,7 +100,7 @@ def test_a_bad_pipeline_file_is_one_line(run, labelled, database, tmp_path):
     assert run("pipelines", "list", "--json").json() == []  # nothing was created
 
 
-def test_list_show_and_cancel(run, sdk, pipeline, labelled):
+def test_list_show_cancel_and_retry(run, sdk, pipeline, labelled):
     second = sdk.submit_pipeline(steps(labelled["id"])[:1], name="alone")
 
     assert [p["id"] for p in run("pipelines", "list", "--json").json()] == [second["id"], pipeline["id"]]
@@ -120,6 +120,13 @@ def test_list_show_and_cancel(run, sdk, pipeline, labelled):
     assert [s["job"]["status"] for s in sdk.pipeline(pipeline["id"])["steps"]] == ["cancelled"] * 3
     one_line_error(run("pipelines", "show", 999), "error: pipeline_not_found: pipeline 999 not found")
     one_line_error(run("pipelines", "cancel", 999), "error: pipeline_not_found: pipeline 999 not found")
+
+    retried = run("pipelines", "retry", pipeline["id"])
+
+    assert retried.code == 0 and "status    queued" in retried.out
+    assert [s["job"]["status"] for s in sdk.pipeline(pipeline["id"])["steps"]] == ["queued", "waiting", "waiting"]
+    one_line_error(run("pipelines", "retry", pipeline["id"]),
+                   f"error: pipeline_not_ended: pipeline {pipeline['id']} has steps that have not ended")
 
 
 @pytest.mark.parametrize(("status", "code"), [("succeeded", 0), ("failed", 1), ("cancelled", 2)])
