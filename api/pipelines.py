@@ -38,6 +38,7 @@ from db.services.pipelines import (
     create_pipeline,
     get_pipeline,
     list_pipelines,
+    lock_pipeline,
     pipeline_events,
     pipeline_jobs,
     pipeline_steps,
@@ -227,6 +228,7 @@ def retry_pipeline_submission(pipeline_id: int) -> tuple[Pipeline, list[Job]]:
     session = db_session()
     settings = services().settings
     pipeline = get_pipeline(session, tenant_id(), pipeline_id)
+    lock_pipeline(session, pipeline.id)
     current = pipeline_steps(session, [pipeline.id])[pipeline.id]
     running = [job.pipeline_step for job in current if not JobStatus(job.status).terminal]
     if running:

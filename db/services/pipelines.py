@@ -196,6 +196,12 @@ def pipeline_steps(session: Session, pipeline_ids: list[int]) -> dict[int, list[
     return {pipeline_id: list(by_name.values()) for pipeline_id, by_name in steps.items()}
 
 
+def lock_pipeline(session: Session, pipeline_id: int) -> None:
+    """Hold the pipeline's row until the transaction ends (a write, so SQLite takes its lock too): two retries
+    of one pipeline run one after the other, and the second sees the first's jobs."""
+    session.execute(update(Pipeline).where(Pipeline.id == pipeline_id).values(name=Pipeline.name))
+
+
 def pipeline_jobs(session: Session, pipeline_id: int) -> list[Job]:
     """Return every job of the pipeline, retried steps' earlier ones included, oldest first."""
     return list(session.scalars(select(Job).where(Job.pipeline_id == pipeline_id).order_by(Job.id)))

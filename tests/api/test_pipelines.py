@@ -177,3 +177,26 @@ def test_a_retry_is_refused_when_a_step_names_data_deleted_since(app, client, au
     assert_error(response, 422, "dataset_not_found", "steps[2] ('label')", f"dataset {unlabelled['id']} not found")
     steps = client.get(f"{API}/pipelines/{pipeline['id']}", headers=auth).get_json()["steps"]
     assert [s["job"]["id"] for s in steps] == [s["job"]["id"] for s in pipeline["steps"]]  # nothing was added
+
+
+def test_two_retries_at_once_run_the_steps_again_once(app, client, auth, labelled, unlabelled, tiny_model):
+    import threading
+
+    pipeline = submit_pipeline(client, auth, three_steps(labelled, unlabelled, tiny_model))
+    fail_first_step(app, pipeline)
+    start, statuses = threading.Barrier(2), []
+
+    def retry() -> None:
+        with app.test_client() as own:
+            start.wait()
+            statuses.append(own.post(f"{API}/pipelines/{pipeline['id']}/retry", headers=auth).status_code)
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(statuses) == [202, 409]
+    jobs = client.get(f"{API}/jobs?limit=100", headers=auth).get_json()["items"]
+    assert len([job for job in jobs if job["pipeline_id"] == pipeline["id"]]) == 6  # three steps, each run twice
