@@ -68,21 +68,15 @@ def create_pipeline_submission(body: PipelineIn) -> tuple[Pipeline, list[Job]]:
     The API's POST /pipelines and the dashboard's new-pipeline form both submit through here.
     """
     afters = _afters(body.steps)
+    after_of = {step.name: after for step, after in zip(body.steps, afters)}
     session = db_session()
     settings = services().settings
     steps = []
     for index, (step, after) in enumerate(zip(body.steps, afters)):
         submission = _submission(index, step)
-        earlier = _ancestors(step.name, afters, body.steps)
+        earlier = _ancestors(step.name, after_of)
         _check_step_references(index, step, earlier, body.steps)
-        token = STEP_MODELS.set(frozenset(earlier))
-        try:
-            datasets = _check_references(session, submission)
-        except InvalidInput as exc:
-            raise InvalidInput(f"steps[{index}] ('{step.name}'): {exc.message}", code=exc.code,
-                               details={**(exc.details or {}), "step": step.name}) from None
-        finally:
-            STEP_MODELS.reset(token)
+        datasets = _check_step(session, index, step.name, submission, earlier)
         steps.append(Step(name=step.name, kind=submission.kind, task=submission.task,
                           params=submission.params.model_dump(mode="json"), queue=settings.queue_for(submission.kind),
                           priority=submission.priority, max_attempts=submission.max_attempts or settings.max_attempts,
@@ -133,9 +127,21 @@ def _submission(index: int, step: StepIn):
         raise InvalidInput(f"invalid request: {summary}", code="invalid_input", details={"fields": fields}) from None
 
 
-def _ancestors(name: str, afters: list[str | None], steps: list[StepIn]) -> list[str]:
-    """Return the steps `name` runs after, directly or not, nearest first."""
-    after_of = {step.name: after for step, after in zip(steps, afters)}
+def _check_step(session, index: int, name: str, submission, earlier: list[str]) -> list[tuple[int, str]]:
+    """Check a step as POST /jobs checks a job, its `@step` references allowed to the `earlier` steps; errors name
+    the step. Return its (dataset_id, role) pairs."""
+    token = STEP_MODELS.set(frozenset(earlier))
+    try:
+        return _check_references(session, submission)
+    except InvalidInput as exc:
+        raise InvalidInput(f"steps[{index}] ('{name}'): {exc.message}", code=exc.code,
+                           details={**(exc.details or {}), "step": name}) from None
+    finally:
+        STEP_MODELS.reset(token)
+
+
+def _ancestors(name: str, after_of: dict[str, str | None]) -> list[str]:
+    """Return the steps `name` runs after, directly or not, nearest first (`after_of`: each step's `after`)."""
     chain, current = [], after_of[name]
     while current is not None:
         chain.append(current)
@@ -246,18 +252,9 @@ def retry_pipeline_submission(pipeline_id: int) -> tuple[Pipeline, list[Job]]:
             continue
         submission = JobIn.model_validate({"kind": job.kind, "task": job.task, "params": job.params,
                                            "priority": job.priority, "max_attempts": job.max_attempts}).root
-        earlier, name = [], after_of[job.pipeline_step]
-        while name is not None:
-            earlier.append(name)
-            name = after_of[name]
-        token = STEP_MODELS.set(frozenset(earlier))
-        try:  # what it names may have gone since (a deleted dataset or model): refused now, not at its start
-            datasets = _check_references(session, submission)
-        except InvalidInput as exc:
-            raise InvalidInput(f"steps[{index}] ('{job.pipeline_step}'): {exc.message}", code=exc.code,
-                               details={**(exc.details or {}), "step": job.pipeline_step}) from None
-        finally:
-            STEP_MODELS.reset(token)
+        # What it names may have gone since (a deleted dataset or model): refused now, not at its start.
+        datasets = _check_step(session, index, job.pipeline_step, submission,
+                               _ancestors(job.pipeline_step, after_of))
         steps.append(Step(name=job.pipeline_step, kind=job.kind, task=job.task,
                           params=submission.params.model_dump(mode="json"), queue=settings.queue_for(job.kind),
                           priority=job.priority, max_attempts=job.max_attempts, after=after_of[job.pipeline_step],
