@@ -7,6 +7,7 @@ import csv
 import os
 import random
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +45,24 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
+def torch_device() -> str:
+    """Where the benchmarks' bare loops run: the GPU the jobs use where there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine_line() -> str:
+    """The machine a benchmark ran on, for its printout: CPU threads, torch, and the GPU if any."""
+    import torch
+
+    line = f"{os.cpu_count()} CPU threads, torch {torch.__version__} using {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        line += f"; GPU: {properties.name}, {properties.total_memory / 2**30:.0f} GiB"
+    return line
+
+
 def minilm_path() -> str:
     from worker.catalog import packaged_model_path
 
@@ -61,15 +80,19 @@ def running_stack(**overrides):
     from nightshift.stack import Stack, free_port
     from worker.config import Settings
 
+    # The stack's processes run in process groups of their own: a benchmark stopped by `timeout` (SIGTERM)
+    # must stop them on its way out, or they run on beside whatever comes next.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory(prefix="nightshift-bench-") as data_dir:
         settings = Settings.from_env(data_dir=data_dir, database_url="", api_port=free_port(), api_workers=1,
                                      **overrides)
         stack = Stack(settings)
-        settings = stack.start(redis_url=None)
         try:
+            settings = stack.start(redis_url=None)
             yield Client(settings.base_url, ensure_local_token(settings), timeout=600), settings
         finally:
             stack.stop()
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import DATASETS, command_line, minilm_path, require_dataset, running_stack, sst2_rows, write_csv
+from _common import (DATASETS, command_line, machine_line, minilm_path, require_dataset, running_stack, sst2_rows,
+                     write_csv)
 
 TARGET_RATIO = 0.95
 VALIDATION_ROWS = 32  # the job scores these after training; not part of the comparison
@@ -490,6 +491,7 @@ def main() -> None:
                     print(f"{name}: {side} {(case.jobs if side == 'job' else case.bares)[-1]}", flush=True)
             done.append(case)
     print(f"\ncommand: {command_line()}")
+    print(f"machine: {machine_line()}")
     print(f"settings shared by both runs: {COMMON} plus each task's max_length / save_steps "
           f"(checkpoints: job/bare); precision: what the job's auto chose")
     print_table(done)
