@@ -12,7 +12,11 @@ per request (the API's gunicorn processes, beat, Redis, PostgreSQL where it runs
 process's clients): on a machine whose cores
 the server shares with its clients, the rate is bound by the sum.
 
-    python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--database-url postgresql+psycopg://...]
+--backlog N first writes N queued jobs of the same kind to the same queue straight into the database (a
+night's backlog): each submission's answer then counts a line N jobs longer ahead of it.
+
+    python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--backlog 0]
+                                [--database-url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -53,6 +57,25 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     return spent
 
 
+def write_backlog(settings, count: int) -> None:
+    """Write `count` queued fine-tune jobs of the local tenant to the queue the submissions go to."""
+    from sqlalchemy import insert, select
+
+    from db.models import Job, Tenant
+    from db.session import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as connection:
+            tenant = connection.scalar(select(Tenant.id).where(Tenant.name == "default"))
+            row = {"tenant_id": tenant, "kind": "finetune", "task": "text-classification", "status": "queued",
+                   "params": {}, "queue": settings.queue_for("finetune")}
+            for start in range(0, count, 10_000):
+                connection.execute(insert(Job.__table__), [row] * min(10_000, count - start))
+    finally:
+        engine.dispose()
+
+
 def run_threads(clients: int, total: int, send) -> tuple[float, list[float]]:
     """Call `send(client_index)` `total` times from `clients` threads; return (wall s, latencies)."""
     latencies: list[float] = []
@@ -86,6 +109,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--backlog", type=int, default=0, help="queued jobs written ahead of the submissions")
     args = parser.parse_args()
 
     from celery import Celery
@@ -108,6 +132,10 @@ def main() -> None:
             rows = Path(data_dir) / "train.csv"
             rows.write_text("text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
             dataset = Client(settings.base_url, token).upload_dataset(rows, text_column="text", label_column="label")
+            if args.backlog:
+                started = time.perf_counter()
+                write_backlog(settings, args.backlog)
+                print(f"backlog: {args.backlog} queued jobs written in {time.perf_counter() - started:.1f} s")
             address = urlsplit(settings.base_url)
             # http.client reconnects by itself when the server closes the connection after a response.
             connections = [http.client.HTTPConnection(address.hostname, address.port, timeout=60)
@@ -148,7 +176,8 @@ def main() -> None:
             stack.stop()
     database = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
     print(f"command: {command_line()}")
-    print(f"{args.jobs} submissions from {args.clients} threads; API: gunicorn with {args.api_workers} workers, {database}")
+    print(f"{args.jobs} submissions from {args.clients} threads; API: gunicorn with {args.api_workers} workers, {database}"
+          + (f"; {args.backlog} queued jobs ahead" if args.backlog else ""))
     print(f"{'':32}{'per s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}   CPU ms per request")
     celery_rate = args.jobs / celery_wall
     for name, wall, latencies, cpu in (("bare Celery send_task", celery_wall, celery_latencies, celery_cpu),
