@@ -157,8 +157,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,auto,int8")
     parser.add_argument("--floor-budgets", default=FLOOR_BUDGETS, help="token budgets the bare loop runs at")
     parser.add_argument("--floor-precisions", default="fp32",
-                        help="precisions of the bare loop (fp32 first: the jobs compare with it); bf16/fp16 "
-                             "are the bare loops a GPU's `auto` job compares with")
+                        help="precisions the bare loop also runs in, beside fp32 (which the fp32 jobs compare "
+                             "with): bf16 or fp16, the bare loop of a GPU's `auto` job")
     parser.add_argument("--batch-tokens", type=int, default=None,
                         help="the jobs' upper bound on their token budget (default: the job's own default)")
     parser.add_argument("--pipeline", default="sst2", help="corpora to time pipeline() on ('' for none)")
