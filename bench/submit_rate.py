@@ -62,7 +62,8 @@ def write_backlog(settings, count: int) -> None:
     from sqlalchemy import insert, select
 
     from db.models import Job, Tenant
-    from db.session import make_engine
+    from db.services import lines
+    from db.session import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
     try:
@@ -72,6 +73,8 @@ def write_backlog(settings, count: int) -> None:
                    "params": {}, "queue": settings.queue_for("finetune")}
             for start in range(0, count, 10_000):
                 connection.execute(insert(Job.__table__), [row] * min(10_000, count - start))
+        with make_session_factory(engine)() as session, session.begin():
+            lines.compact(session)  # as beat's maintenance loop does within its next tick
     finally:
         engine.dispose()
 

@@ -234,6 +234,29 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+class QueueLineChange(Base):
+    """What a change of the jobs table did to one line of queued jobs (queue, kind, priority): how many
+    joined or left it, their estimates' sum, how many of them have none.
+
+    Written by database triggers on jobs (migration 0012), so no code path can forget one; every change
+    is a row of its own, so concurrent submissions and claims never wait on a shared counter. The
+    maintenance loop folds them into one row per line (`db.services.lines.compact`). The sums over a
+    line tell how many jobs wait in it without counting them (`db.services.lines.jobs_ahead`).
+    """
+
+    __tablename__ = "queue_line_changes"
+    # Covering: a line's sums are read from the index alone.
+    __table_args__ = (Index("ix_queue_line_changes_line", "queue", "kind", "priority", "queued", "seconds", "unknown"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[int] = mapped_column(Integer)
+    queued: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    unknown: Mapped[int] = mapped_column(BigInteger)
+
+
 class InferenceChunk(Base):
     """A committed slice of a batch-inference output; one per (job, chunk) ever."""
 

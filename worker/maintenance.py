@@ -1,4 +1,4 @@
-"""The maintenance loop beat runs beside its schedule: outbox relay and sweeper."""
+"""The maintenance loop beat runs beside its schedule: outbox relay, sweeper, and folding the lines' changes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 from celery import Celery
 
+from db.services import lines
 from worker import state
 from worker.outbox import relay_outbox
 from worker.sweeper import sweep
@@ -16,12 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def run_maintenance(celery_app: Celery, stop: threading.Event) -> None:
-    """Relay the outbox every `relay_seconds` and sweep every `sweep_seconds` until `stop`."""
+    """Relay the outbox and fold the lines' changes every `relay_seconds`, sweep every `sweep_seconds`, until `stop`."""
     settings = state.settings()
     next_sweep = 0.0
     while not stop.is_set():
         try:
             relay_outbox(state.session_factory(), celery_app)
+            with state.session_factory()() as session, session.begin():
+                lines.compact(session)  # each line's changes since the last tick, folded into one row
             if time.monotonic() >= next_sweep:
                 if any(sweep(state.session_factory(), settings).values()):
                     relay_outbox(state.session_factory(), celery_app)  # rescued jobs wake a worker now

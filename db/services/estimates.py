@@ -15,13 +15,14 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.enums import JobStatus
 from db.models import Dataset, Job, Worker
 from db.services.jobs import add_event
+from db.services.lines import jobs_ahead
 
 PAST_JOBS = 10  # the last this many succeeded jobs like it
 TRAINING_KINDS = ("finetune", "pretrain")
@@ -135,15 +136,10 @@ def expected_start(session: Session, job: Job, *, alive_within_seconds: float, c
             return None
     same_line = and_(Job.queue == job.queue, Job.kind == job.kind, Job.id != job.id)
     if job.status == JobStatus.QUEUED:
-        # Summed in the database: a line of thousands of jobs is one row to read here, not thousands.
-        unknown, seconds = session.execute(select(
-            func.count() - func.count(Job.estimated_run_seconds),
-            func.coalesce(func.sum(Job.estimated_run_seconds), 0.0),
-        ).where(same_line, Job.status == JobStatus.QUEUED,
-                or_(Job.priority > job.priority, and_(Job.priority == job.priority, Job.id < job.id)))).one()
-        if unknown:
+        ahead = jobs_ahead(session, job)  # the lines' sums: not a read of every job ahead
+        if ahead.unknown:
             return None
-        return now + timedelta(seconds=(sum(left for left, _ in running) + float(seconds)) / workers)
+        return now + timedelta(seconds=(sum(left for left, _ in running) + ahead.seconds) / workers)
     others = session.execute(select(Job.id, Job.tenant_id, Job.priority, Job.not_before, Job.estimated_run_seconds)
                              .where(same_line, or_(Job.status == JobStatus.QUEUED,
                                                    and_(Job.status == JobStatus.SCHEDULED,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Text, and_, bindparam, cast, func, insert, or_, select, update
+from sqlalchemy import Row, Text, cast, insert, or_, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from db.base import utcnow
@@ -14,6 +14,7 @@ from db.enums import JobStatus, check_transition
 from db.errors import Conflict, NotFound
 from db.models import Job, JobDataset, JobEvent, OutboxMessage
 from db.services.ids import is_row_id
+from db.services.lines import jobs_ahead
 
 TASK_NAMES = {
     "finetune": "jobs.finetune",
@@ -211,16 +212,7 @@ def queue_position(session: Session, job: Job) -> int | None:
     tenant with fewer jobs running ahead at equal priority); None unless the job is queued."""
     if job.status != JobStatus.QUEUED:
         return None
-    ahead = session.scalar(_JOBS_AHEAD, {"queue": job.queue, "kind": job.kind, "priority": job.priority, "id": job.id})
-    return ahead + 1
-
-
-# Built once, of the table (Core): every submission's response counts the jobs ahead of it.
-_QUEUED = Job.__table__.c
-_JOBS_AHEAD = select(func.count()).select_from(Job.__table__).where(
-    _QUEUED.queue == bindparam("queue"), _QUEUED.kind == bindparam("kind"), _QUEUED.status == JobStatus.QUEUED,
-    or_(_QUEUED.priority > bindparam("priority"),
-        and_(_QUEUED.priority == bindparam("priority"), _QUEUED.id < bindparam("id"))))
+    return jobs_ahead(session, job, sums=False).jobs + 1
 
 
 def add_event(
