@@ -45,13 +45,6 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
-def torch_device() -> str:
-    """Where the benchmarks' bare loops run: the GPU the jobs use where there is one, else the CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def machine_line() -> str:
     """The machine a benchmark ran on, for its printout: CPU threads, torch, and the GPU if any."""
     import torch

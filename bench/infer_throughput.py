@@ -32,7 +32,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from _common import command_line, machine_line, minilm_path, require_dataset, running_stack, sst2_rows, torch_device
+from worker.ml.device import pick_device  # where the bare loops run: the jobs' device
+
+from _common import command_line, machine_line, minilm_path, require_dataset, running_stack, sst2_rows
 
 MAX_LENGTH = 256
 FLOOR_BUDGETS = "1024,2048,4096,8192,16384"
@@ -45,7 +47,7 @@ def fine_tune(directory: Path, rows: list[tuple[str, str]]) -> str:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    source, device = minilm_path(), torch_device()
+    source, device = minilm_path(), pick_device()
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -77,7 +79,7 @@ def floor(model_dir: str, texts: list[str], budgets: list[int], precision: str =
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    device = torch_device()
+    device = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
     if FLOOR_DTYPES[precision] is not None:
@@ -112,7 +114,7 @@ def floor(model_dir: str, texts: list[str], budgets: list[int], precision: str =
 def pipeline_rate(model_dir: str, texts: list[str]) -> float:
     from transformers import pipeline
 
-    classify = pipeline("text-classification", model=model_dir, tokenizer=model_dir, device=torch_device())
+    classify = pipeline("text-classification", model=model_dir, tokenizer=model_dir, device=pick_device())
     classify(texts[:64], batch_size=32)  # warm-up, as a long-running loop would be
     start = time.perf_counter()
     outputs = classify(texts, batch_size=32, truncation=True, max_length=MAX_LENGTH)
