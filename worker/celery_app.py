@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
@@ -27,6 +29,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_lost_wait=1.0,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1,  # every job in a fresh process: frees GPU memory
+        worker_pool="worker.pool:TaskPool",  # prefork, replacing a finished job's process at once
         # Jobs stop themselves at their soft limit (checkpoint first); Celery's own soft limit is a
         # backstop for code stuck outside Python, and its hard limit kills the process.
         task_annotations={
@@ -64,6 +67,10 @@ def _preload_ml(**_kwargs) -> None:
         from worker.ml.preload import preload
 
         preload()
+    # Celery collects garbage before each fork of a job process: over the half a million objects the
+    # imports leave, 0.26 s of every dispatch on a 2-core machine. Frozen, they are never scanned again,
+    # here or in the job processes that inherit them (gc.freeze's own purpose: before forking).
+    gc.freeze()
 
 
 @worker_process_init.connect
