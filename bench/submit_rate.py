@@ -12,8 +12,9 @@ per request (the API's gunicorn processes, beat, Redis, PostgreSQL where it runs
 process's clients): on a machine whose cores
 the server shares with its clients, the rate is bound by the sum.
 
---backlog N first writes N queued jobs of the same kind to the same queue straight into the database (a
-night's backlog): each submission's answer then counts a line N jobs longer ahead of it.
+--backlog N first writes N queued jobs of the same kind to the same queue straight into the database, and
+their messages to the broker (a night's backlog): each submission's answer then counts a line N jobs longer
+ahead of it, and beat's sweeper has N more messages to account for.
 
     python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--backlog 0]
                                 [--database-url postgresql+psycopg://...]
@@ -58,25 +59,33 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def write_backlog(settings, count: int) -> None:
-    """Write `count` queued fine-tune jobs of the local tenant to the queue the submissions go to."""
+    """Write `count` queued fine-tune jobs of the local tenant to the queue the submissions go to, and
+    their messages to the broker, as submissions would have (the sweeper finds none lost)."""
     from sqlalchemy import insert, select
 
     from db.models import Job, Tenant
     from db.services import lines
     from db.session import make_engine, make_session_factory
+    from worker.celery_app import make_celery
+    from worker.outbox import _send
 
     engine = make_engine(settings.database_url)
+    queue = settings.queue_for("finetune")
     try:
         with engine.begin() as connection:
             tenant = connection.scalar(select(Tenant.id).where(Tenant.name == "default"))
             row = {"tenant_id": tenant, "kind": "finetune", "task": "text-classification", "status": "queued",
-                   "params": {}, "queue": settings.queue_for("finetune")}
+                   "params": {}, "queue": queue}
             for start in range(0, count, 10_000):
                 connection.execute(insert(Job.__table__), [row] * min(10_000, count - start))
+            jobs = connection.execute(select(Job.id, Job.priority).where(Job.status == "queued")).all()
         with make_session_factory(engine)() as session, session.begin():
             lines.compact(session)  # as beat's maintenance loop does within its next tick
     finally:
         engine.dispose()
+    celery = make_celery(settings)
+    for job_id, priority in jobs:
+        _send(celery, "jobs.finetune", job_id, queue, priority)
 
 
 def run_threads(clients: int, total: int, send) -> tuple[float, list[float]]:

@@ -52,6 +52,40 @@ def pending_job_ids(redis_url: str, queues: Iterable[str], *, delivered_within_s
     return {job_id for message in raw if (job_id := _job_id(message)) is not None}
 
 
+def pending_counts(redis_url: str, queues: Iterable[str], *, delivered_within_seconds: float) -> dict[str, int]:
+    """Return how many messages each of `queues` holds that `pending_job_ids` would count, without reading them.
+
+    The lists' lengths, and the queue of each message delivered within `delivered_within_seconds` (the
+    few in flight): a handful of commands however long the queues are.
+    """
+    queues = set(queues)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for key in priority_keys(queue):
+                    pipe.llen(key)
+            lengths = iter(pipe.execute())
+        counts = {queue: sum(next(lengths) for _ in PRIORITY_STEPS) for queue in queues}
+        since = client.time()[0] - delivered_within_seconds
+        recent = client.zrangebyscore(UNACKED_INDEX_KEY, since, "+inf")
+        for value in client.hmget(UNACKED_KEY, recent) if recent else ():
+            queue = _unacked_queue(value)
+            if queue in counts:
+                counts[queue] += 1
+    finally:
+        client.close()
+    return counts
+
+
+def _unacked_queue(value: bytes | None) -> str | None:
+    """The queue (routing key) of an entry of kombu's unacked hash: [message, exchange, routing key]."""
+    try:
+        return json.loads(value)[2]
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
 def _unwrap_unacked(value: bytes) -> bytes | None:
     try:
         return json.dumps(json.loads(value)[0]).encode()

@@ -95,3 +95,54 @@ def test_a_queued_job_whose_message_started_another_job_is_not_resent(session_fa
     with session_factory() as session:
         assert session.scalars(select(JobEvent.job_id).where(JobEvent.type == "rescue")).all() == [first]
     client.flushall()
+
+
+def test_between_full_checks_a_sweep_reads_messages_only_when_a_queue_is_short(session_factory, redis_url,
+                                                                             monkeypatch):
+    from worker import sweeper
+
+    settings = Settings(redis_url=redis_url, redispatch_after_seconds=5, queue_evaluate="sweeper-test")
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    celery = make_celery(settings)
+    jobs = submit(session_factory, 3)
+    assert sweeper.messages_short(session_factory, settings) is False  # none sent yet: none can be lost
+    relay_outbox(session_factory, celery)
+    age_outbox(session_factory, 60)
+    assert sweeper.messages_short(session_factory, settings) is False
+
+    def read_every_message(*_args, **_kwargs):
+        raise AssertionError("read every message while each queued job's message was there")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sweeper, "pending_job_ids", read_every_message)
+        assert sweep(session_factory, settings, full_check=False)["redispatched"] == 0
+
+    client.flushall()  # the broker loses them: the count says so, and the sweep re-sends them
+    assert sweeper.messages_short(session_factory, settings) is True
+    assert sweep(session_factory, settings, full_check=False)["redispatched"] == 3
+    relay_outbox(session_factory, celery)
+    assert pending_job_ids(redis_url, ["sweeper-test"], delivered_within_seconds=5) == set(jobs)
+    assert sweeper.messages_short(session_factory, settings) is False
+    client.flushall()
+
+
+def test_a_message_stranded_in_a_dead_consumers_unacked_set_makes_its_queue_short(session_factory, redis_url):
+    from worker import sweeper
+
+    settings = Settings(redis_url=redis_url, redispatch_after_seconds=5, queue_evaluate="sweeper-test")
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    celery = make_celery(settings)
+    submit(session_factory, 1)
+    relay_outbox(session_factory, celery)
+    with celery.connection_for_read() as connection:  # a consumer takes the message, then dies
+        queue = connection.SimpleQueue("sweeper-test", no_ack=False)
+        queue.get(timeout=5)
+        connection.default_channel.qos.restore_at_shutdown = False
+    age_outbox(session_factory, 60)
+    assert sweeper.messages_short(session_factory, settings) is False  # delivered a moment ago: in flight
+    client.zadd("unacked_index", {client.zrange("unacked_index", 0, 0)[0]: client.time()[0] - 60})
+    assert sweeper.messages_short(session_factory, settings) is True
+    assert sweep(session_factory, settings, full_check=False)["redispatched"] == 1
+    client.flushall()
