@@ -28,12 +28,15 @@ if [ "${1:-}" = "--quick" ]; then
   FINETUNE=(--repeats 1 --scale 0.05)
   INFER_LIMIT=600 FINETUNE_LIMIT=900 PROFILE=(--docs 400) PROFILE_LIMIT=300
 else
-  PROFILE=(--docs 20000) PROFILE_LIMIT=75
   INFER=(--docs 20000 --repeats 2 --floor-budgets 4096,16384,65536 --batch-tokens 65536)
-  FINETUNE=(--repeats 1 --scale 0.5)
-  INFER_LIMIT=240 FINETUNE_LIMIT=240  # with the setup (a minute at most), inside the device's 600 s per command
+  # On an H200 the inference part took 102 s; the fine-tunes, each mostly start-up there, got through
+  # four tasks of six in 130 s at --scale 0.25 and in 240 s at 0.5 (BENCHMARKS.md, "On a GPU").
+  FINETUNE=(--repeats 1 --scale 0.25)
+  PROFILE=(--docs 20000)
+  # With the setup (35 s there), inside the device's 600 s per command:
+  INFER_LIMIT=150 FINETUNE_LIMIT=300 PROFILE_LIMIT=75
 fi
-# A shorter run where less device time is left: INFER_LIMIT_S=150 FINETUNE_LIMIT_S=170 FINETUNE_SCALE=0.3
+# A shorter run where less device time is left, e.g. INFER_LIMIT_S=140 FINETUNE_LIMIT_S=130 PROFILE_LIMIT_S=55
 INFER_LIMIT=${INFER_LIMIT_S:-$INFER_LIMIT} FINETUNE_LIMIT=${FINETUNE_LIMIT_S:-$FINETUNE_LIMIT}
 PROFILE_LIMIT=${PROFILE_LIMIT_S:-$PROFILE_LIMIT}
 [ -n "${FINETUNE_SCALE:-}" ] && FINETUNE=(--repeats 1 --scale "$FINETUNE_SCALE")
