@@ -58,15 +58,9 @@ def pending_counts(redis_url: str, queues: Iterable[str], *, delivered_within_se
     The lists' lengths, and the queue of each message delivered within `delivered_within_seconds` (the
     few in flight): a handful of commands however long the queues are.
     """
-    queues = set(queues)
+    counts = queue_lengths(redis_url, set(queues), timeout=5)
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for key in priority_keys(queue):
-                    pipe.llen(key)
-            lengths = iter(pipe.execute())
-        counts = {queue: sum(next(lengths) for _ in PRIORITY_STEPS) for queue in queues}
         since = client.time()[0] - delivered_within_seconds
         recent = client.zrangebyscore(UNACKED_INDEX_KEY, since, "+inf")
         for value in client.hmget(UNACKED_KEY, recent) if recent else ():

@@ -91,7 +91,7 @@ def messages_short(session_factory: sessionmaker[Session], settings: Settings) -
     lost. The jobs are counted before the messages: a job sent in between only adds a message, and one
     started in between (its message taken, itself no longer queued) can only raise a false alarm.
     """
-    unsent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
+    unsent = _unsent_message()
     with session_factory() as session:
         waiting = dict(session.execute(
             select(Job.queue, func.count())
@@ -100,6 +100,11 @@ def messages_short(session_factory: sessionmaker[Session], settings: Settings) -
     held = pending_counts(settings.redis_url, _queues(settings) | set(waiting),
                           delivered_within_seconds=settings.redispatch_after_seconds)
     return any(count > held.get(queue, 0) for queue, count in waiting.items())
+
+
+def _unsent_message():
+    """A job's outbox message not yet sent (the relay sends it; nothing of it is in the broker yet)."""
+    return exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
 
 
 def _queues(settings: Settings) -> set[str]:
@@ -114,7 +119,7 @@ def _redispatch_lost(session: Session, settings: Settings, pending: set[int]) ->
     fewer messages than queued jobs. Those jobs, oldest first, get a new one.
     """
     cutoff = utcnow() - timedelta(seconds=settings.redispatch_after_seconds)
-    unsent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
+    unsent = _unsent_message()
     recent = exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at > cutoff)
     query = (
         select(Job)

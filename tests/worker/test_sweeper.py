@@ -31,6 +31,19 @@ def age_outbox(session_factory, seconds: float) -> None:
         session.execute(update(OutboxMessage).values(sent_at=utcnow() - timedelta(seconds=seconds)))
 
 
+def strand_in_unacked(celery) -> None:
+    """A consumer takes the queue's next message, then dies holding it (in kombu's unacked set)."""
+    with celery.connection_for_read() as connection:
+        queue = connection.SimpleQueue("sweeper-test", no_ack=False)
+        queue.get(timeout=5)
+        connection.default_channel.qos.restore_at_shutdown = False
+
+
+def age_unacked(client, seconds: float) -> None:
+    """Make the first unacked message look delivered `seconds` ago."""
+    client.zadd("unacked_index", {client.zrange("unacked_index", 0, 0)[0]: client.time()[0] - seconds})
+
+
 def test_sweeper_resends_only_the_messages_the_broker_lost(session_factory, redis_url):
     settings = Settings(redis_url=redis_url, redispatch_after_seconds=5, queue_evaluate="sweeper-test")
     client = redis.Redis.from_url(redis_url)
@@ -60,13 +73,10 @@ def test_a_message_stranded_in_a_dead_consumers_unacked_set_is_resent(session_fa
     celery = make_celery(settings)
     [job_id] = submit(session_factory, 1)
     relay_outbox(session_factory, celery)
-    with celery.connection_for_read() as connection:  # a consumer takes the message, then dies
-        queue = connection.SimpleQueue("sweeper-test", no_ack=False)
-        queue.get(timeout=5)
-        connection.default_channel.qos.restore_at_shutdown = False
+    strand_in_unacked(celery)
     assert client.hlen("unacked") == 1 and client.llen("sweeper-test") == 0
     assert pending_job_ids(redis_url, ["sweeper-test"], delivered_within_seconds=5) == {job_id}
-    client.zadd("unacked_index", {client.zrange("unacked_index", 0, 0)[0]: client.time()[0] - 60})
+    age_unacked(client, 60)
     age_outbox(session_factory, 60)
     assert sweep(session_factory, settings)["redispatched"] == 1
     client.flushall()
@@ -136,13 +146,10 @@ def test_a_message_stranded_in_a_dead_consumers_unacked_set_makes_its_queue_shor
     celery = make_celery(settings)
     submit(session_factory, 1)
     relay_outbox(session_factory, celery)
-    with celery.connection_for_read() as connection:  # a consumer takes the message, then dies
-        queue = connection.SimpleQueue("sweeper-test", no_ack=False)
-        queue.get(timeout=5)
-        connection.default_channel.qos.restore_at_shutdown = False
+    strand_in_unacked(celery)
     age_outbox(session_factory, 60)
     assert sweeper.messages_short(session_factory, settings) is False  # delivered a moment ago: in flight
-    client.zadd("unacked_index", {client.zrange("unacked_index", 0, 0)[0]: client.time()[0] - 60})
+    age_unacked(client, 60)
     assert sweeper.messages_short(session_factory, settings) is True
     assert sweep(session_factory, settings, full_check=False)["redispatched"] == 1
     client.flushall()
