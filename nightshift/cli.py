@@ -6,11 +6,14 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from nightshift.commands import TOKEN_FILE, CliError, add_commands, common_options
 from worker.config import Settings, describe
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,39 +130,50 @@ def _run_stack(work: Callable[[Settings, str], bool]) -> int:
 
     One try block spans everything after the first process starts, so an interrupt at any moment,
     during start-up included, stops every process: they lead their own process groups and would
-    not see a terminal's Ctrl-C themselves.
+    not see a terminal's Ctrl-C themselves. The interrupt is also kept in an event that start-up
+    and the supervisor check: a KeyboardInterrupt raised where Python only prints it ("Exception
+    ignored in ...", e.g. in a finalizer) or caught by library code still stops the stack.
     """
     from nightshift.stack import Stack, StartupError
     from nightshift.supervisor import Supervisor
 
     settings = Settings.from_env()
     stack = Stack(settings)
+    stop = threading.Event()
     print(f"starting Nightshift in {Path(settings.data_dir).resolve()} ...", flush=True)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     # SIGINT explicitly too: a shell starts background jobs with it ignored, and Python keeps that.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, outlive the terminal
-        signal.signal(signal.SIGHUP, _interrupt)
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGHUP or previous[signum] is not signal.SIG_IGN:  # under nohup, outlive the terminal
+            signal.signal(signum, lambda _signum, _frame: _interrupt(stop))
     try:
         try:
-            settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"))
+            settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"), stop=stop)
         except StartupError as exc:
             raise SystemExit(f"Nightshift did not start: {exc}") from None
-        if work(settings, ensure_local_token(settings)):
-            Supervisor(stack.children()).run()  # restarts what dies; only Ctrl-C or SIGTERM ends it
+        if not stop.is_set() and work(settings, ensure_local_token(settings)) and not stop.is_set():
+            Supervisor(stack.children()).run(stop)  # restarts what dies; only Ctrl-C or SIGTERM ends it
+        if stop.is_set():
+            print("\nstopping ...", flush=True)
         return 0
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
         return 0
     finally:
         # A second Ctrl-C reaches only this process: let it not cut the (bounded) stop short.
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         stack.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the stack the same way Ctrl-C does
+def _interrupt(stop: threading.Event) -> None:
+    """Stop the stack: SIGTERM the same way as Ctrl-C. Only the first signal raises; the next ones
+    find the stop under way and leave it to finish."""
+    if not stop.is_set():
+        stop.set()
+        raise KeyboardInterrupt
 
 
 def ensure_local_token(settings: Settings) -> str:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -182,6 +183,7 @@ class Stack:
         self.overrides = overrides or {}
         self.redis: EmbeddedRedis | None = None
         self.processes: dict[str, subprocess.Popen] = {}
+        self.stopping = threading.Event()
         # Every process this stack starts carries this id in its environment, so stop() finds one
         # that an interrupt (Ctrl-C) orphaned between its fork and being recorded in `processes`.
         self.stack_id = uuid.uuid4().hex
@@ -189,11 +191,15 @@ class Stack:
         worker_names = ["worker"] if workers == 1 else [f"w{i}" for i in range(1, workers + 1)]
         self.names = ["api", *worker_names, "beat"]
 
-    def start(self, *, redis_url: str | None) -> Settings:
+    def start(self, *, redis_url: str | None, stop: threading.Event | None = None) -> Settings:
         """Start Redis (embedded unless `redis_url`), migrate, then API, workers and beat; wait until
-        the API is healthy. If any of it fails, stop whatever was started, then raise."""
+        the API is healthy. If any of it fails, stop whatever was started, then raise.
+
+        `stop`, once set, ends the start-up between its steps with KeyboardInterrupt, as Ctrl-C would.
+        """
         from db.migrate import upgrade
 
+        self.stopping = stop or threading.Event()
         try:
             Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -201,8 +207,10 @@ class Stack:
                 self.redis = EmbeddedRedis(Path(self.settings.data_dir) / "redis").start()
                 redis_url = self.redis.url
             self.settings = self.settings.with_overrides(redis_url=redis_url)
+            self._raise_if_stopping()
             upgrade(self.settings.database_url)
             for name in self.names:
+                self._raise_if_stopping()
                 self.start_process(name)
             self.wait_for_api()
         except BaseException:
@@ -217,7 +225,12 @@ class Stack:
         except StartupError as exc:
             raise StartupError(f"{exc}\n{self.log_tail('api')}") from None
 
+    def _raise_if_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise KeyboardInterrupt
+
     def _raise_if_dead(self) -> None:
+        self._raise_if_stopping()
         if dead := self.dead():
             tails = "\n".join(self.log_tail(name) for name in dead)
             raise StartupError(f"{', '.join(dead)} exited while the stack was starting\n{tails}")

@@ -91,6 +91,64 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_every_process(tmp_path, moment):
     assert not alive, f"left running after Ctrl-C: {[' '.join(p.cmdline())[:80] for p in alive]}"
 
 
+
+SWALLOWING_WORK = """
+import os, signal, sys, time
+from nightshift import cli
+
+def work(settings, token):
+    # Code that catches the KeyboardInterrupt of a Ctrl-C, as a finalizer or a library may.
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        print("interrupt swallowed", flush=True)
+    return True  # "keep the stack running"
+
+sys.exit(cli._run_stack(work))
+"""
+
+
+def test_ctrl_c_stops_the_stack_even_when_something_swallows_its_keyboard_interrupt(tmp_path):
+    env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"), "NIGHTSHIFT_API_PORT": str(free_port()),
+           "NIGHTSHIFT_API_WORKERS": "1"}
+    for name in ("NIGHTSHIFT_DATABASE_URL", "NIGHTSHIFT_REDIS_URL"):
+        env.pop(name, None)
+    process = subprocess.Popen([sys.executable, "-c", SWALLOWING_WORK], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = process.communicate(timeout=180)  # without the stop kept aside: supervised forever
+        assert process.returncode == 0, output
+        assert "interrupt swallowed" in output and "stopping" in output, output
+        _, alive = psutil.wait_procs(_started_for(env["NIGHTSHIFT_DATA_DIR"]), timeout=30)
+        assert not alive, f"left running: {[' '.join(p.cmdline())[:80] for p in alive]}"
+    finally:
+        process.kill()
+        for proc in _started_for(env["NIGHTSHIFT_DATA_DIR"]):  # what a failed stop left behind
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _started_for(data_dir: str) -> list[psutil.Process]:
+    """Return the live processes started with `data_dir` as their data dir (its stack's processes)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("NIGHTSHIFT_DATA_DIR") == data_dir:
+                found.append(proc)
+    return found
+
+
+def test_only_the_first_stop_signal_interrupts():
+    from nightshift.cli import _interrupt
+
+    stop = threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt(stop)
+    assert stop.is_set()
+    _interrupt(stop)  # a second Ctrl-C during the stop: no second KeyboardInterrupt to cut it short
+
+
 class Up:
     """`nightshift up` as a real process, its output read as it comes."""
 
