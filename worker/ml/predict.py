@@ -25,8 +25,17 @@ def effective_max_length(tokenizer, max_length: int) -> int:
     return min(max_length, limit) if 0 < limit < UNSET_MODEL_MAX_LENGTH else max_length
 
 
-class Predictor:
-    """Classify text with one loaded model, in length-sorted batches under a token budget."""
+class BatchPredictor:
+    """One model loaded for batch prediction and placed for inference, with a job's batch limits:
+    what every task's predictor starts from.
+
+    A task's predictor says how its model loads (`load`); one whose model has no classes to name
+    sets `named_labels = False`, and generation `measure_precision = False` ("auto" is then fp32 on a
+    CPU rather than a measured choice).
+    """
+
+    named_labels = True
+    measure_precision = True
 
     def __init__(
         self,
@@ -43,19 +52,35 @@ class Predictor:
         if num_threads is not None:
             # Only when asked: the caller (a worker pinned to some cores) owns the global setting.
             torch.set_num_threads(num_threads)
-        self.model, self.tokenizer = load_classifier(model_dir)
-        self.device, self.precision_choice = place_for_inference(self.model, precision)
+        self.model, self.tokenizer = self.load(model_dir)
+        self.device, self.precision_choice = place_for_inference(self.model, precision,
+                                                                 measure=self.measure_precision)
         self.precision = self.precision_choice.precision
-        self.label_names = label_names_of(self.model)
+        self.label_names: list[str] = label_names_of(self.model) if self.named_labels else []
         self.max_length = effective_max_length(self.tokenizer, max_length)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
 
+    @staticmethod
+    def load(model_dir: str):
+        """Return (model, tokenizer) from `model_dir`, refusing a model this task cannot use."""
+        raise NotImplementedError
+
     @classmethod
-    def for_job(cls, model_dir: str, params) -> Predictor:
+    def for_job(cls, model_dir: str, params):
         """Build the predictor a batch-inference job's parameters ask for."""
-        return cls(model_dir, max_length=params.max_length, batch_tokens=params.batch_tokens,
-                   max_batch_size=params.max_batch_size, precision=params.precision)
+        return cls(model_dir, **cls.job_options(params))
+
+    @classmethod
+    def job_options(cls, params) -> dict:
+        return {"max_length": params.max_length, "batch_tokens": params.batch_tokens,
+                "max_batch_size": params.max_batch_size, "precision": params.precision}
+
+
+class Predictor(BatchPredictor):
+    """Classify text with one loaded model, in length-sorted batches under a token budget."""
+
+    load = staticmethod(load_classifier)
 
     def predict_probabilities(self, texts: list[str], *, on_batch=None):
         """Return a (len(texts), num_labels) float tensor of class probabilities, in input order."""

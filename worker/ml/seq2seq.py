@@ -14,11 +14,10 @@ from typing import Callable
 
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, read_rows, split_examples
-from worker.ml.device import place_for_inference
 from worker.ml.generation import IGNORED, generate_texts, token_loss
 from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model, refuse_custom_code
-from worker.ml.predict import effective_max_length
+from worker.ml.predict import BatchPredictor, effective_max_length
 from worker.ml.training import TrainingSetup, fit
 from worker.params import (
     GenerationBatchParams,
@@ -166,18 +165,14 @@ def _examples(examples: Examples, predictions: list[str], count: int = 5) -> lis
             for s, r, p in list(zip(examples.texts, examples.labels, predictions))[:count]]
 
 
-class Generator:
+class Generator(BatchPredictor):
     """Generate text for each row with one loaded model (an encoder-decoder, or a decoder-only LM)."""
 
-    def __init__(self, model_dir: str, *, max_length: int, batch_tokens: int, max_batch_size: int,
-                 precision: str = "auto", options: GenerationOptions | None = None) -> None:
-        self.model, self.tokenizer = self.load(model_dir)
-        # Generation is not measured: "auto" on CPU is fp32, never slower than asked.
-        self.device, self.precision_choice = place_for_inference(self.model, precision, measure=False)
-        self.precision = self.precision_choice.precision
-        self.label_names: list[str] = []
-        self.max_length = effective_max_length(self.tokenizer, max_length)
-        self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
+    named_labels = False
+    measure_precision = False  # generation is not measured: "auto" on CPU is fp32, never slower than asked
+
+    def __init__(self, model_dir: str, *, options: GenerationOptions | None = None, **limits) -> None:
+        super().__init__(model_dir, **limits)
         self.options = options or GenerationOptions()
 
     @staticmethod
@@ -185,9 +180,8 @@ class Generator:
         return load_model(model_dir, MODEL_CLASS, "a sequence-to-sequence model")
 
     @classmethod
-    def for_job(cls, model_dir: str, params: GenerationBatchParams) -> Generator:
-        return cls(model_dir, max_length=params.max_length, batch_tokens=params.batch_tokens,
-                   max_batch_size=params.max_batch_size, precision=params.precision, options=params.generation)
+    def job_options(cls, params: GenerationBatchParams) -> dict:
+        return {**super().job_options(params), "options": params.generation}
 
     def generate(self, texts: list[str], *, on_batch=None) -> list[str]:
         return generate_texts(self.model, self.tokenizer, texts, self.options, max_length=self.max_length,

@@ -18,15 +18,13 @@ from typing import Any
 from worker.datafiles import cell_error, check_columns, length_summary, row_text
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, read_rows, split_examples
-from worker.ml.device import place_for_inference
 from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import load_model
-from worker.ml.predict import effective_max_length, map_batches
+from worker.ml.predict import BatchPredictor, effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
 from worker.params import (
     SHARED_PARAMS,
-    BatchInferenceParams,
     EvaluateParams,
     FinetuneParams,
 )
@@ -290,22 +288,11 @@ def evaluate(model_dir: str, *, data_path: Path, columns: dict[str, str], params
     return metrics | {"rows": len(examples.texts), "dtype": reader.precision}
 
 
-class Predictor:
+class Predictor(BatchPredictor):
     """Answer questions from their contexts with one loaded model."""
 
-    def __init__(self, model_dir: str, *, max_length: int, batch_tokens: int, max_batch_size: int,
-                 precision: str = "auto") -> None:
-        self.model, self.tokenizer = load_reader(model_dir)
-        self.device, self.precision_choice = place_for_inference(self.model, precision)
-        self.precision = self.precision_choice.precision
-        self.label_names: list[str] = []
-        self.max_length = effective_max_length(self.tokenizer, max_length)
-        self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
-
-    @classmethod
-    def for_job(cls, model_dir: str, params: BatchInferenceParams) -> Predictor:
-        return cls(model_dir, max_length=params.max_length, batch_tokens=params.batch_tokens,
-                   max_batch_size=params.max_batch_size, precision=params.precision)
+    load = staticmethod(load_reader)
+    named_labels = False
 
     def answer(self, questions: list[str], contexts: list[str], *, on_batch=None) -> list[dict]:
         return answer_spans(self.model, self.tokenizer, questions, contexts, max_length=self.max_length,

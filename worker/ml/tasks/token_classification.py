@@ -21,19 +21,17 @@ from typing import Any
 from worker.datafiles import cell_error, check_columns, length_summary, ranked_counts
 from worker.errors import PermanentJobError
 from worker.ml.data import Examples, check_labels, read_rows, split_examples
-from worker.ml.device import place_for_inference
 from worker.ml.generation import (  # IGNORED labels later pieces of a word
     IGNORED,
     token_loss,
 )
 from worker.ml.hooks import JobHooks, progress_reporter
 from worker.ml.loading import label_names_of, load_model
-from worker.ml.predict import effective_max_length, map_batches
+from worker.ml.predict import BatchPredictor, effective_max_length, map_batches
 from worker.ml.tasks import Untrainable
 from worker.ml.training import TrainingSetup, fit
 from worker.params import (
     SHARED_PARAMS,
-    BatchInferenceParams,
     EvaluateParams,
     FinetuneParams,
 )
@@ -369,26 +367,10 @@ def evaluate(
 # ---- batch inference -----------------------------------------------------------------------------
 
 
-class Predictor:
+class Predictor(BatchPredictor):
     """Find entities in raw text with one loaded token classifier."""
 
-    def __init__(self, model_dir: str, *, max_length: int, batch_tokens: int, max_batch_size: int,
-                 precision: str = "auto", num_threads: int | None = None) -> None:
-        import torch
-
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
-        self.model, self.tokenizer = load_tagger(model_dir)
-        self.device, self.precision_choice = place_for_inference(self.model, precision)
-        self.precision = self.precision_choice.precision
-        self.label_names = label_names_of(self.model)
-        self.max_length = effective_max_length(self.tokenizer, max_length)
-        self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
-
-    @classmethod
-    def for_job(cls, model_dir: str, params: BatchInferenceParams) -> Predictor:
-        return cls(model_dir, max_length=params.max_length, batch_tokens=params.batch_tokens,
-                   max_batch_size=params.max_batch_size, precision=params.precision)
+    load = staticmethod(load_tagger)
 
     def tag_words(self, sentences: list[list[str]], *, on_batch=None) -> list[list[tuple[str, float]]]:
         return _predict_word_tags(self.model, self.tokenizer, sentences, max_length=self.max_length,
