@@ -151,10 +151,10 @@ def _run_stack(work: Callable[[Settings, str], bool]) -> int:
             settings = stack.start(redis_url=os.environ.get("NIGHTSHIFT_REDIS_URL"), stop=stop)
         except StartupError as exc:
             raise SystemExit(f"Nightshift did not start: {exc}") from None
-        if not stop.is_set() and work(settings, ensure_local_token(settings)) and not stop.is_set():
+        if not stop.is_set() and work(settings, ensure_local_token(settings)):
             Supervisor(stack.children()).run(stop)  # restarts what dies; only Ctrl-C or SIGTERM ends it
         if stop.is_set():
-            print("\nstopping ...", flush=True)
+            raise KeyboardInterrupt  # its first raise was swallowed on the way: stop as it would have
         return 0
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

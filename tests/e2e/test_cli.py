@@ -23,13 +23,18 @@ from tests.helpers import wait_until, write_reviews
 pytestmark = pytest.mark.slow
 
 
-def nightshift(tmp_path, *args: str, port: int = 0) -> subprocess.Popen:
+def stack_env(tmp_path, port: int = 0) -> dict[str, str]:
+    """The environment of a one-machine stack in `tmp_path` on the embedded defaults."""
     env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"),
            "NIGHTSHIFT_API_PORT": str(port or free_port()), "NIGHTSHIFT_API_WORKERS": "1"}
     for name in ("NIGHTSHIFT_DATABASE_URL", "NIGHTSHIFT_REDIS_URL"):
         env.pop(name, None)  # the embedded default: SQLite file and embedded Redis
-    return subprocess.Popen([sys.executable, "-m", "nightshift.cli", *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return env
+
+
+def nightshift(tmp_path, *args: str, port: int = 0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nightshift.cli", *args], env=stack_env(tmp_path, port),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_demo_runs_the_main_job_end_to_end_and_stops(tmp_path, tiny_model):
@@ -110,10 +115,7 @@ sys.exit(cli._run_stack(work))
 
 
 def test_ctrl_c_stops_the_stack_even_when_something_swallows_its_keyboard_interrupt(tmp_path):
-    env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"), "NIGHTSHIFT_API_PORT": str(free_port()),
-           "NIGHTSHIFT_API_WORKERS": "1"}
-    for name in ("NIGHTSHIFT_DATABASE_URL", "NIGHTSHIFT_REDIS_URL"):
-        env.pop(name, None)
+    env = stack_env(tmp_path)
     process = subprocess.Popen([sys.executable, "-c", SWALLOWING_WORK], env=env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
