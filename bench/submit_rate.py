@@ -12,12 +12,16 @@ per request (the API's gunicorn processes, beat, Redis, PostgreSQL where it runs
 process's clients): on a machine whose cores
 the server shares with its clients, the rate is bound by the sum.
 
+--stages serves the same API with cut-down copies of the POST (`bench/_submit_stages.py`) and measures each the
+same way: the framework and token check alone, then the body parsed, then the whole submission but its Redis
+message; what each adds is what that part of a submission costs.
+
 --backlog N first writes N queued jobs of the same kind to the same queue straight into the database, and
 their messages to the broker (a night's backlog): each submission's answer then counts a line N jobs longer
 ahead of it, and beat's sweeper has N more messages to account for.
 
     python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--backlog 0]
-                                [--database-url postgresql+psycopg://...]
+                                [--database-url postgresql+psycopg://...] [--stages]
 """
 
 from __future__ import annotations
@@ -122,14 +126,21 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--backlog", type=int, default=0, help="queued jobs written ahead of the submissions")
+    parser.add_argument("--stages", action="store_true", help="also measure cut-down copies of the POST")
     args = parser.parse_args()
 
     from celery import Celery
 
+    import nightshift.stack
     from nightshift.cli import ensure_local_token
     from nightshift.client import Client
     from nightshift.stack import Stack, free_port
     from worker.config import Settings
+
+    if args.stages:  # the same gunicorn command, serving the API with the cut-down POSTs beside the real one
+        command = nightshift.stack.api_command
+        nightshift.stack.api_command = lambda settings: [
+            *command(settings)[:-1], "--pythonpath", str(Path(__file__).parent), "_submit_stages:create_app()"]
 
     with contextlib.ExitStack() as scratch:
         data_dir = scratch.enter_context(tempfile.TemporaryDirectory(prefix="nightshift-bench-"))
@@ -156,23 +167,31 @@ def main() -> None:
             body = json.dumps({"kind": "finetune",
                                "params": {"base_model": "all-MiniLM-L6-v2", "train_dataset_id": dataset["id"]}})
 
-            def post(index: int) -> None:
-                connection = connections[index]
-                connection.request("POST", "/api/v1/jobs", body=body, headers=headers)
-                response = connection.getresponse()
-                text = response.read()
-                assert response.status == 202, text
-
-            post(0)  # warm-up: connections, the first request of each process
             processes = {name: psutil.Process(stack.processes[name].pid) for name in ("api", "beat")}
             processes["redis"] = psutil.Process(stack.redis.process.pid)
             processes["clients"] = psutil.Process()
             if database_url:  # the PostgreSQL server on this machine, if it runs here: its postmaster and backends
                 processes.update({"postgres": proc for proc in psutil.process_iter(["name", "ppid"])
                                   if proc.info["name"] == "postgres" and psutil.Process(proc.info["ppid"]).name() != "postgres"})
-            before = cpu_seconds(processes)
-            api_wall, api_latencies = run_threads(args.clients, args.jobs, post)
-            api_cpu = {name: spent - before[name] for name, spent in cpu_seconds(processes).items()}
+
+            def measure_posts(path: str) -> tuple[float, list[float], dict[str, float]]:
+                def post(index: int) -> None:
+                    connection = connections[index]
+                    connection.request("POST", path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    text = response.read()
+                    assert response.status == 202, text
+
+                post(0)  # warm-up: connections, the first request of each process
+                before = cpu_seconds(processes)
+                wall, latencies = run_threads(args.clients, args.jobs, post)
+                return wall, latencies, {name: spent - before[name] for name, spent in cpu_seconds(processes).items()}
+
+            results = [("POST /api/v1/jobs", *measure_posts("/api/v1/jobs"))]
+            if args.stages:
+                from _submit_stages import STAGES
+
+                results += [(f"  {label}", *measure_posts(f"/api/v1/bench/{stage}")) for stage, label in STAGES.items()]
 
             app = Celery("bench", broker=settings.redis_url)
             app.conf.broker_connection_retry_on_startup = True
@@ -184,6 +203,7 @@ def main() -> None:
             before = cpu_seconds(processes)
             celery_wall, celery_latencies = run_threads(args.clients, args.jobs, send)
             celery_cpu = {name: spent - before[name] for name, spent in cpu_seconds(processes).items()}
+            results.insert(0, ("bare Celery send_task", celery_wall, celery_latencies, celery_cpu))
         finally:
             stack.stop()
     database = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
@@ -192,8 +212,7 @@ def main() -> None:
           + (f"; {args.backlog} queued jobs ahead" if args.backlog else ""))
     print(f"{'':32}{'per s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}   CPU ms per request")
     celery_rate = args.jobs / celery_wall
-    for name, wall, latencies, cpu in (("bare Celery send_task", celery_wall, celery_latencies, celery_cpu),
-                                       ("POST /api/v1/jobs", api_wall, api_latencies, api_cpu)):
+    for name, wall, latencies, cpu in results:
         rate = args.jobs / wall
         spent = ", ".join(f"{process} {seconds / args.jobs * 1000:.2f}" for process, seconds in cpu.items())
         print(f"{name:32}{rate:9.1f}{rate / celery_rate:7.2f}x{statistics.median(latencies) * 1000:9.1f}"
