@@ -25,9 +25,9 @@ from db.base import utcnow
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Dataset, Job, ModelArtifact
 from db.services.datasets import read_dataset
-from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, queue_position, request_cancel
+from db.services.jobs import add_event, create_job, get_job, list_events, list_jobs, request_cancel
 from db.services.pipelines import STEP_REFERENCE
-from db.services.estimates import check_deadline, expected_start, run_seconds
+from db.services.estimates import check_deadline, expected_start, place_in_line, run_seconds
 from db.services.schedule import parse_windows, window_opens, zone
 from db.services.registry import resolve_model
 from worker.catalog import ModelRefError, resolve_unregistered
@@ -60,10 +60,10 @@ def submit():
 
 def _job_with_place(job: Job) -> dict:
     """The job as JSON with its place in its queue and when it should start."""
-    session = db_session()
     settings = services().settings
-    return job_out(job, queue_position=queue_position(session, job), expected_start=expected_start(
-        session, job, alive_within_seconds=settings.worker_stale_seconds, cap=settings.max_running_per_tenant))
+    position, start = place_in_line(db_session(), job, alive_within_seconds=settings.worker_stale_seconds,
+                                    cap=settings.max_running_per_tenant)
+    return job_out(job, queue_position=position, expected_start=start)
 
 
 def create_submission(submission, key: str | None = None, *, answer: Callable[[Job], Any] | None = None,

@@ -22,7 +22,7 @@ from db.base import utcnow
 from db.enums import JobStatus
 from db.models import Dataset, Job, Worker
 from db.services.jobs import add_event
-from db.services.lines import jobs_ahead
+from db.services.lines import Ahead, jobs_ahead
 
 PAST_JOBS = 10  # the last this many succeeded jobs like it
 TRAINING_KINDS = ("finetune", "pretrain")
@@ -105,6 +105,20 @@ def expected_finish(job: Job, start: datetime | None = None) -> datetime | None:
     return start + timedelta(seconds=job.estimated_run_seconds)
 
 
+def place_in_line(session: Session, job: Job, *, alive_within_seconds: float,
+                  cap: int = 0) -> tuple[int | None, datetime | None]:
+    """A job's place in line (`db.services.jobs.queue_position`: queued jobs only) and its expected start
+    (`expected_start`), the jobs ahead of it read once for both: what a submission's answer and a poll of a
+    queued job show."""
+    if job.status not in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        return None, None
+    workers = _live_workers(session, job, alive_within_seconds)
+    if job.status == JobStatus.SCHEDULED:
+        return None, _expected_start(session, job, workers=workers, cap=cap)
+    ahead = jobs_ahead(session, job, sums=workers > 0)  # the estimates' sums only where a start is estimated
+    return ahead.jobs + 1, _expected_start(session, job, workers=workers, cap=cap, ahead=ahead)
+
+
 def expected_start(session: Session, job: Job, *, alive_within_seconds: float, cap: int = 0) -> datetime | None:
     """When a queued or scheduled job should start: the work left on its queue ahead of it (the running jobs'
     remaining time, the estimates of the queued jobs of its kind ahead in line) shared among the live workers
@@ -120,11 +134,22 @@ def expected_start(session: Session, job: Job, *, alive_within_seconds: float, c
     """
     if job.status not in (JobStatus.QUEUED, JobStatus.SCHEDULED):
         return None
-    now = utcnow()
-    workers = sum(job.queue in (queues or []) for queues in session.scalars(
-        _LIVE_WORKER_QUEUES, {"seen_after": now - timedelta(seconds=alive_within_seconds)}))
+    return _expected_start(session, job, workers=_live_workers(session, job, alive_within_seconds), cap=cap)
+
+
+def _live_workers(session: Session, job: Job, alive_within_seconds: float) -> int:
+    """How many workers seen within `alive_within_seconds` take the job's queue."""
+    seen_after = utcnow() - timedelta(seconds=alive_within_seconds)
+    return sum(job.queue in (queues or []) for queues in session.scalars(_LIVE_WORKER_QUEUES,
+                                                                          {"seen_after": seen_after}))
+
+
+def _expected_start(session: Session, job: Job, *, workers: int, cap: int,
+                    ahead: Ahead | None = None) -> datetime | None:
+    """`expected_start` with the live workers counted, and for a queued job the jobs ahead, if already read."""
     if not workers:
         return None
+    now = utcnow()
     running = []  # (seconds left, tenant)
     for other in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.queue == job.queue)):
         if other.eta_seconds is not None:
@@ -136,7 +161,7 @@ def expected_start(session: Session, job: Job, *, alive_within_seconds: float, c
             return None
     same_line = and_(Job.queue == job.queue, Job.kind == job.kind, Job.id != job.id)
     if job.status == JobStatus.QUEUED:
-        ahead = jobs_ahead(session, job)  # the lines' sums: not a read of every job ahead
+        ahead = ahead or jobs_ahead(session, job)  # the lines' sums: not a read of every job ahead
         if ahead.unknown:
             return None
         return now + timedelta(seconds=(sum(left for left, _ in running) + ahead.seconds) / workers)

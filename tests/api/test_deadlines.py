@@ -133,6 +133,7 @@ def test_a_queued_job_expects_to_start_when_the_work_ahead_is_shared_among_live_
     job = client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()
     wait = (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds()
     assert 140 < wait <= 150  # 100 s left on the running job and 50 s for the one ahead, one worker
+    assert job["queue_position"] == 2
     finish_at = datetime.fromisoformat(job["expected_finish_at"])
     assert (finish_at - datetime.fromisoformat(job["expected_start_at"])).total_seconds() == pytest.approx(50.0)
 
@@ -140,6 +141,32 @@ def test_a_queued_job_expects_to_start_when_the_work_ahead_is_shared_among_live_
         record_heartbeat(session, "gpu@b", "b", 2, ["cpu", "gpu"], {"kind": "cpu"})
     job = client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()
     assert 65 < (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds() <= 75
+
+
+def test_a_queued_jobs_place_and_start_come_from_one_read_of_the_jobs_ahead(app, client, auth, labelled, tiny_model):
+    from sqlalchemy import event
+
+    from db.services.workers import record_heartbeat
+
+    first, second = (submit(client, auth, evaluate_body(labelled["id"], tiny_model)) for _ in range(2))
+    factory = app.extensions["nightshift"].session_factory
+    with factory.begin() as session:
+        session.execute(update(Job).where(Job.id == first["id"]).values(estimated_run_seconds=50.0))
+        record_heartbeat(session, "gpu@a", "a", 1, ["gpu"], {"kind": "cpu"})
+    statements = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    engine = app.extensions["nightshift"].engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        job = client.get(f"{API}/jobs/{second['id']}", headers=auth).get_json()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert job["queue_position"] == 2 and job["expected_start_at"] is not None
+    assert sum("queue_line_changes" in statement for statement in statements) == 1  # the lines' sums, read once
 
 
 def test_a_scheduled_job_expects_to_start_at_its_time_behind_the_jobs_released_with_it(app, client, auth, labelled,
