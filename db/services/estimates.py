@@ -151,7 +151,7 @@ def _expected_start(session: Session, job: Job, *, workers: int, cap: int,
         return None
     now = utcnow()
     running = []  # (seconds left, tenant)
-    for other in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.queue == job.queue)):
+    for other in session.execute(_RUNNING_ON_QUEUE, {"queue": job.queue}):
         if other.eta_seconds is not None:
             running.append((other.eta_seconds, other.tenant_id))
         elif other.estimated_run_seconds is not None and other.started_at is not None:
@@ -251,11 +251,13 @@ def _past_jobs(session: Session, job: Job) -> list:
     return [other for other in session.execute(_PAST_JOBS, like) if other.id != job.id]
 
 
-# Built once, as every submission runs them: the queues of the live workers; the last succeeded jobs of a
-# tenant, kind, task and queue.
+# Built once, as every submission runs them: the queues of the live workers; what the running jobs of a queue
+# have left; the last succeeded jobs of a tenant, kind, task and queue.
 # Core statements (of the tables, not the mapped classes): they skip the ORM's work per execution.
 _WORKERS, _JOBS = Worker.__table__.c, Job.__table__.c
 _LIVE_WORKER_QUEUES = select(_WORKERS.queues).where(_WORKERS.last_seen_at >= bindparam("seen_after"))
+_RUNNING_ON_QUEUE = select(_JOBS.eta_seconds, _JOBS.estimated_run_seconds, _JOBS.started_at, _JOBS.tenant_id).where(
+    _JOBS.status == JobStatus.RUNNING, _JOBS.queue == bindparam("queue"))
 _PAST_JOBS = (
     select(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.result, _JOBS.progress_total, _JOBS.started_at, _JOBS.finished_at)
     .where(_JOBS.tenant_id == bindparam("tenant_id"), _JOBS.status == JobStatus.SUCCEEDED,

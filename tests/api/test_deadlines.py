@@ -143,6 +143,22 @@ def test_a_queued_job_expects_to_start_when_the_work_ahead_is_shared_among_live_
     assert 65 < (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds() <= 75
 
 
+def test_a_running_job_without_an_eta_holds_its_worker_for_its_estimate_less_the_time_it_has_run(app, client, auth,
+                                                                                                  labelled, tiny_model):
+    from db.services.workers import record_heartbeat
+
+    running, queued = (submit(client, auth, evaluate_body(labelled["id"], tiny_model)) for _ in range(2))
+    with app.extensions["nightshift"].session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == running["id"]).values(
+            status="running", estimated_run_seconds=100.0, started_at=utcnow() - timedelta(seconds=40)))
+        record_heartbeat(session, "gpu@a", "a", 1, ["gpu"], {"kind": "cpu"})
+
+    job = client.get(f"{API}/jobs/{queued['id']}", headers=auth).get_json()
+
+    assert job["queue_position"] == 1
+    assert 50 < (datetime.fromisoformat(job["expected_start_at"]) - datetime.now(UTC)).total_seconds() <= 60
+
+
 def test_a_queued_jobs_place_and_start_come_from_one_read_of_the_jobs_ahead(app, client, auth, labelled, tiny_model):
     from sqlalchemy import event
 
