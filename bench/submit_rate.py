@@ -16,12 +16,16 @@ the server shares with its clients, the rate is bound by the sum.
 same way: the framework and token check alone, then the body parsed, then the whole submission but its Redis
 message; what each adds is what that part of a submission costs.
 
+--live-worker records a worker of the submissions' queue as seen now (its heartbeat row; no process
+consumes the messages): each answer then also estimates when its job should start, as it does while a
+worker is up.
+
 --backlog N first writes N queued jobs of the same kind to the same queue straight into the database, and
 their messages to the broker (a night's backlog): each submission's answer then counts a line N jobs longer
 ahead of it, and beat's sweeper has N more messages to account for.
 
     python bench/submit_rate.py [--jobs 4000] [--clients 16] [--api-workers 2] [--backlog 0]
-                                [--database-url postgresql+psycopg://...] [--stages]
+                                [--database-url postgresql+psycopg://...] [--stages] [--live-worker]
 """
 
 from __future__ import annotations
@@ -92,6 +96,36 @@ def write_backlog(settings, count: int) -> None:
         _send(celery, "jobs.finetune", job_id, queue, priority)
 
 
+@contextlib.contextmanager
+def idle_worker(settings):
+    """A worker of the submissions' queue, live while the block runs: its heartbeat row, written now and then
+    every heartbeat period, as a worker's would be (no process consumes the messages)."""
+    from db.services.workers import record_heartbeat
+    from db.session import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    factory, stop = make_session_factory(engine), threading.Event()
+
+    def heartbeat() -> None:
+        with factory.begin() as session:
+            record_heartbeat(session, "bench@idle", "bench", os.getpid(), [settings.queue_for("finetune")],
+                             {"kind": "cpu"})
+
+    def beat() -> None:
+        while not stop.wait(settings.heartbeat_seconds):
+            heartbeat()
+
+    heartbeat()
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        engine.dispose()
+
+
 def run_threads(clients: int, total: int, send) -> tuple[float, list[float]]:
     """Call `send(client_index)` `total` times from `clients` threads; return (wall s, latencies)."""
     latencies: list[float] = []
@@ -127,6 +161,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--backlog", type=int, default=0, help="queued jobs written ahead of the submissions")
     parser.add_argument("--stages", action="store_true", help="also measure cut-down copies of the POST")
+    parser.add_argument("--live-worker", action="store_true", help="a worker of the queue seen now (no process)")
     args = parser.parse_args()
 
     from celery import Celery
@@ -155,6 +190,8 @@ def main() -> None:
             rows = Path(data_dir) / "train.csv"
             rows.write_text("text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
             dataset = Client(settings.base_url, token).upload_dataset(rows, text_column="text", label_column="label")
+            if args.live_worker:
+                scratch.enter_context(idle_worker(settings))
             if args.backlog:
                 started = time.perf_counter()
                 write_backlog(settings, args.backlog)
@@ -209,7 +246,8 @@ def main() -> None:
     database = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
     print(f"command: {command_line()}")
     print(f"{args.jobs} submissions from {args.clients} threads; API: gunicorn with {args.api_workers} workers, {database}"
-          + (f"; {args.backlog} queued jobs ahead" if args.backlog else ""))
+          + (f"; {args.backlog} queued jobs ahead" if args.backlog else "")
+          + ("; a live worker of the queue" if args.live_worker else ""))
     print(f"{'':32}{'per s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}   CPU ms per request")
     celery_rate = args.jobs / celery_wall
     for name, wall, latencies, cpu in results:
