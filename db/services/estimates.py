@@ -161,7 +161,8 @@ def _expected_start(session: Session, job: Job, *, workers: int, cap: int,
             return None
     same_line = and_(Job.queue == job.queue, Job.kind == job.kind, Job.id != job.id)
     if job.status == JobStatus.QUEUED:
-        ahead = ahead or jobs_ahead(session, job)  # the lines' sums: not a read of every job ahead
+        if ahead is None:  # the lines' sums: not a read of every job ahead
+            ahead = jobs_ahead(session, job)
         if ahead.unknown:
             return None
         return now + timedelta(seconds=(sum(left for left, _ in running) + ahead.seconds) / workers)
